@@ -1,0 +1,48 @@
+// MySQL / MariaDB sink (mysql2). One connection per subscription being delivered; the statements,
+// the checkpoint upsert and COMMIT go in one multi-statement round trip.
+import mysql from 'mysql2/promise'
+import type { Dialect } from '../render/index.js'
+import { literal } from '../render/index.js'
+import type { Checkpoint, Sink } from './sink.js'
+
+const CHECKPOINT_TABLE = 'segmenter_checkpoint'
+
+export async function openMysqlSink(url: string, dialect: Dialect, options: { checkpointTable?: string } = {}): Promise<Sink> {
+  const table = '`' + (options.checkpointTable ?? CHECKPOINT_TABLE).replaceAll('`', '``') + '`'
+  const conn = await mysql.createConnection({
+    uri: url,
+    multipleStatements: true, // templates may hold several statements; values are always literals
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+    charset: 'utf8mb4',
+    dateStrings: true,
+  })
+  // A statement larger than max_allowed_packet surfaces as ECONNRESET rather than an SQL error,
+  // so batches are sized from the server's actual limit.
+  const [[{ packet }]] = (await conn.query('select @@max_allowed_packet as packet')) as unknown as [[{ packet: string }]]
+  await conn.query(`create table if not exists ${table} (
+    sync_key varchar(64) not null primary key, pos bigint not null, ord int not null,
+    updated_at timestamp(3) not null default current_timestamp(3) on update current_timestamp(3)) engine=InnoDB`)
+  return {
+    dialect,
+    maxStatementBytes: Math.floor(Number(packet) * 0.9) - 1024,
+    async checkpoint(syncKey) {
+      const [rows] = (await conn.query(`select pos, ord from ${table} where sync_key = ?`, [syncKey])) as unknown as [Array<{ pos: string; ord: number }>]
+      const row = rows[0]
+      return row ? { pos: BigInt(row.pos), ord: Number(row.ord) } : null
+    },
+    async apply(statements, syncKey, to: Checkpoint) {
+      const upsert = `insert into ${table} (sync_key, pos, ord) values (${literal(syncKey, 'mysql')}, ${to.pos}, ${to.ord}) on duplicate key update pos = values(pos), ord = values(ord)`
+      const body = statements.map((s) => s.trim().replace(/;\s*$/, '')).filter((s) => s.length > 0)
+      try {
+        await conn.query(['start transaction', ...body, upsert, 'commit'].join(';\n'))
+      } catch (err) {
+        await conn.query('rollback').catch(() => {})
+        throw err
+      }
+    },
+    async close() {
+      await conn.end().catch(() => conn.destroy())
+    },
+  }
+}
