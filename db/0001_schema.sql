@@ -145,7 +145,9 @@ create table segmenter.dead_letters (
   error text not null,
   replayed_at timestamptz
 );
-create index dead_letters_open on segmenter.dead_letters (subscription_id) where replayed_at is null;
+-- Unique: a dead letter is recorded before the target's checkpoint passes it; a sidecar that dies
+-- in between finds the same event rejected again and must not record it twice.
+create unique index dead_letters_open on segmenter.dead_letters (subscription_id, pos, ord) where replayed_at is null;
 comment on table segmenter.dead_letters is 'Events a target rejected, isolated from their batch with the target''s error and the statement that failed. Replay with segmenter.replay_dead_letters.';
 
 comment on table segmenter.log is 'Refresh runs and delivery batches (the seed''s segmenter_log): when, what, how many rows, how long, ok or the error.';
@@ -901,16 +903,16 @@ comment on function segmenter.replay_dead_letters is 'Deliver a subscription''s 
 
 create view segmenter.sync_stats as
 select s.name as subscription, l.subscription_id, date_trunc('minute', l.at) as bucket,
-       count(*) filter (where l.ok) as successful_queries,
-       coalesce(sum(l.statements) filter (where l.ok), 0) as statements,
+       -- statements executed; rounds that only moved a checkpoint (all compacted away) count none
+       coalesce(sum(l.statements) filter (where l.ok), 0) as successful_queries,
        coalesce(sum(l.rows) filter (where l.ok), 0) as rows,
        count(*) filter (where not l.ok) as errors,
-       round(avg(l.duration_ms) filter (where l.ok)::numeric, 2) as avg_ms
+       round(avg(l.duration_ms) filter (where l.ok and l.statements > 0)::numeric, 2) as avg_ms
 from segmenter.log l
 join segmenter.subscriptions s using (subscription_id)
 where l.kind = 'batch'
 group by s.name, l.subscription_id, date_trunc('minute', l.at);
-comment on view segmenter.sync_stats is 'Per subscription and minute: successful queries (batches), statements, rows delivered, errors, average batch duration.';
+comment on view segmenter.sync_stats is 'Per subscription and minute: successful queries (statements executed), rows delivered, errors, average batch duration in ms.';
 
 create view segmenter.status as
 select s.name as subscription, s.subscription_id, s.state, c.name as consumer,

@@ -1,0 +1,109 @@
+// Batching: decide what to flush now (batch_size reached, timeout expired, or a segment-level
+// event forces order), net-compact it, and cut it into batches of one event type and segment.
+// Pure functions: the state they decide from (the pending changes and their age) lives in Postgres.
+import type { Checkpoint } from './sinks/index.js'
+
+export type EventType = 'add' | 'remove' | 'update' | 'clear' | 'segment_upsert' | 'segment_delete'
+export const MEMBER_EVENTS: ReadonlySet<EventType> = new Set(['add', 'remove', 'update'])
+
+export interface PendingEvent {
+  pos: bigint
+  ord: number
+  ageMs: number // age of the change, measured by Postgres' clock
+  segmentId: string
+  event: EventType
+  memberId: string | null
+  row: Record<string, unknown> | null // the deleted row, for removes captured from DELETE
+}
+
+export interface Batch {
+  event: EventType
+  segmentId: string
+  events: PendingEvent[]
+  /** Checkpoint after this batch: covers events compacted away before the next batch. */
+  through: Checkpoint
+}
+
+export interface FlushPlan { flush: PendingEvent[]; waitMs: number | null }
+
+/**
+ * Which pending events go now. Everything, if the oldest member event waited batch_timeout, or if
+ * it ends in a segment-level event; otherwise whole batches only, and the rest waits.
+ */
+export function planFlush(pending: PendingEvent[], batchSize: number, timeoutMs: number, windowFull: boolean): FlushPlan {
+  let lastBarrier = -1
+  pending.forEach((e, i) => { if (!MEMBER_EVENTS.has(e.event)) lastBarrier = i })
+  const tail = pending.slice(lastBarrier + 1)
+  const oldestAge = tail.reduce((m, e) => Math.max(m, e.ageMs), -Infinity)
+  if (tail.length === 0 || (!windowFull && oldestAge >= timeoutMs)) return { flush: pending, waitMs: null }
+  const whole = Math.floor(tail.length / batchSize) * batchSize
+  const flush = pending.slice(0, lastBarrier + 1 + whole)
+  const rest = tail.slice(whole)
+  const restAge = rest.reduce((m, e) => Math.max(m, e.ageMs), 0)
+  return { flush, waitMs: rest.length > 0 && !windowFull ? Math.max(0, timeoutMs - restAge) : null }
+}
+
+/**
+ * Net compaction per member within the flushed window: add+remove cancel, updates fold into an
+ * earlier add/update, a remove absorbs an earlier update. A clear or segment_delete is a barrier.
+ */
+export function compact(events: PendingEvent[]): PendingEvent[] {
+  const out: Array<PendingEvent | null> = []
+  const stacks = new Map<string, number[]>() // member -> indexes in `out` of its surviving events
+  for (const e of events) {
+    if (e.memberId === null) {
+      if (e.event === 'clear' || e.event === 'segment_delete') {
+        for (const key of stacks.keys()) if (key.startsWith(e.segmentId + '\0')) stacks.delete(key)
+      }
+      out.push(e)
+      continue
+    }
+    const key = e.segmentId + '\0' + e.memberId
+    const stack = stacks.get(key) ?? []
+    const lastIdx = stack[stack.length - 1]
+    const last = lastIdx === undefined ? null : out[lastIdx]!
+    if (last && last.event === 'add' && e.event === 'remove') {
+      out[lastIdx!] = null
+      stack.pop()
+      continue
+    }
+    if (last && (last.event === 'add' || last.event === 'update') && e.event === 'update') continue
+    if (last && last.event === 'update' && e.event === 'remove') {
+      out[lastIdx!] = null
+      stack.pop()
+    }
+    out.push(e)
+    stack.push(out.length - 1)
+    stacks.set(key, stack)
+  }
+  return out.filter((e): e is PendingEvent => e !== null)
+}
+
+/**
+ * Cut compacted events into batches (one event type and segment, at most batchSize members;
+ * segment-level events alone). `updateAsAdd`: without an update template, updates ride with adds.
+ * The last batch's checkpoint covers the whole flushed window, so compacted-away events are passed.
+ */
+export function toBatches(window: PendingEvent[], survivors: PendingEvent[], batchSize: number, updateAsAdd: boolean): Batch[] {
+  const batches: Batch[] = []
+  for (const e of survivors) {
+    const event: EventType = updateAsAdd && e.event === 'update' ? 'add' : e.event
+    const cur = batches[batches.length - 1]
+    if (cur && MEMBER_EVENTS.has(event) && cur.event === event && cur.segmentId === e.segmentId && cur.events.length < batchSize) {
+      cur.events.push(e)
+    } else {
+      batches.push({ event, segmentId: e.segmentId, events: [e], through: { pos: e.pos, ord: e.ord } })
+    }
+  }
+  for (const b of batches) {
+    const last = b.events[b.events.length - 1]!
+    b.through = { pos: last.pos, ord: last.ord }
+  }
+  const end = window[window.length - 1]
+  if (end) {
+    const through = { pos: end.pos, ord: end.ord }
+    if (batches.length > 0) batches[batches.length - 1]!.through = through
+    else batches.push({ event: 'add', segmentId: end.segmentId, events: [], through }) // all compacted away
+  }
+  return batches
+}

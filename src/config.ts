@@ -1,0 +1,27 @@
+// Configuration from the environment, resolved once at start and frozen.
+import assert from 'node:assert'
+
+export interface Config {
+  /** Home database. (Default: none: the CLI starts an embedded Postgres under ./.segmenter/) */
+  databaseUrl: string | undefined
+  /** Poll for work this often even without NOTIFY. (Default: 1000) */
+  pollIntervalMs: number
+  /** Subscriptions delivered in parallel. (Default: 4) */
+  concurrency: number
+  /** pino log level. (Default: info) */
+  logLevel: string
+}
+
+export const defaults = { pollIntervalMs: 1000, concurrency: 4, logLevel: 'info' } satisfies Partial<Config>
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
+  const config: Config = {
+    databaseUrl: env.DATABASE_URL || undefined,
+    pollIntervalMs: env.SEGMENTER_POLL_INTERVAL_MS ? Number(env.SEGMENTER_POLL_INTERVAL_MS) : defaults.pollIntervalMs,
+    concurrency: env.SEGMENTER_CONCURRENCY ? Number(env.SEGMENTER_CONCURRENCY) : defaults.concurrency,
+    logLevel: env.SEGMENTER_LOG_LEVEL ?? defaults.logLevel,
+  }
+  assert(Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10, `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`)
+  assert(Number.isInteger(config.concurrency) && config.concurrency >= 1, `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`)
+  return Object.freeze(config)
+}

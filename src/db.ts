@@ -1,0 +1,16 @@
+// The home database pool. Timestamps and dates stay the strings Postgres sent: re-parsing a
+// `timestamp without time zone` through JS Date would shift it by the sidecar's time zone.
+import pg from 'pg'
+
+const types = {
+  getTypeParser(oid: number, format?: 'text' | 'binary') {
+    if (oid === 1114 || oid === 1184 || oid === 1082) return (v: string) => v
+    return pg.types.getTypeParser(oid, format)
+  },
+}
+
+export function createPool(connectionString: string, max = 10): pg.Pool {
+  const pool = new pg.Pool({ connectionString, max, types: types as pg.CustomTypesConfig, application_name: 'segmenter' })
+  pool.on('error', () => {}) // an idle client lost with the server; the next checkout reconnects
+  return pool
+}

@@ -1,0 +1,96 @@
+// Reading from the home database: pending events of one subscription in position order (streamed
+// through pg-cursor), and the member rows a batch renders.
+import type pg from 'pg'
+import Cursor from 'pg-cursor'
+import type { EventType, PendingEvent } from './batch.js'
+import type { Checkpoint } from './sinks/index.js'
+
+export interface SubscriptionRow {
+  subscription_id: string
+  name: string
+  state: 'active' | 'paused'
+  segment_ids: string[]
+  add_sql: string
+  remove_sql: string
+  clear_sql: string | null
+  update_sql: string | null
+  segment_upsert_sql: string | null
+  segment_delete_sql: string | null
+  syntax: 'squirrelly' | 'altcraft'
+  batch_size: number
+  batch_timeout_ms: number
+  audience: string | null
+  cursor_pos: string
+  cursor_ord: number
+  resync_pos: string | null
+  sync_key: string
+  consumer_id: string
+}
+
+export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscriptionId: string): Promise<SubscriptionRow | null> {
+  const { rows } = await db.query<SubscriptionRow>(
+    `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms
+     from segmenter.subscriptions s where s.subscription_id = $1`, [subscriptionId])
+  return rows[0] ?? null
+}
+
+const PENDING_SQL = `
+  select c.pos, m.ord::int as ord, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
+         c.segment_id, c.event, m.id as member_id,
+         case when c.rows is not null then c.rows -> (m.ord::int - 1) end as row
+  from segmenter.changes c
+  cross join lateral (
+    select u.id, u.ord from unnest(c.ids) with ordinality as u(id, ord)
+    union all select null, 1 where c.ids is null) m
+  where c.pos >= $3 and c.segment_id = any($1::uuid[])
+    and (c.subscription_id is null or c.subscription_id = $2)
+    and (c.pos, m.ord) > ($3::bigint, $4::bigint)
+  order by c.pos, m.ord
+  limit $5`
+
+interface PendingRow { pos: string; ord: number; age_ms: number; segment_id: string; event: EventType; member_id: string | null; row: Record<string, unknown> | null }
+
+/** Up to `limit` events after `from`, streamed in pages so a huge resync never sits in memory twice. */
+export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
+  const cursor = client.query(new Cursor<PendingRow>(PENDING_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString(), from.ord, limit]))
+  const events: PendingEvent[] = []
+  try {
+    for (;;) {
+      const page = await cursor.read(5000)
+      for (const r of page) {
+        events.push({ pos: BigInt(r.pos), ord: r.ord, ageMs: r.age_ms, segmentId: r.segment_id, event: r.event, memberId: r.member_id, row: r.row })
+      }
+      if (page.length < 5000) break
+    }
+  } finally {
+    await cursor.close()
+  }
+  return events
+}
+
+export interface SegmentInfo { segment_id: string; name: string; table_name: string; id_type: string }
+
+export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<Map<string, SegmentInfo>> {
+  // The latest definition, current or retired: a retired segment's last events still render.
+  const { rows } = await db.query<SegmentInfo>(
+    `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type
+     from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`, [segmentIds])
+  return new Map(rows.map((r) => [r.segment_id, r]))
+}
+
+/**
+ * The member rows a batch renders, in batch order: the member's latest row in the segment table,
+ * or the row captured at DELETE, or just its keys if it is gone entirely.
+ */
+export async function loadMembers(db: pg.Pool, segment: SegmentInfo, events: PendingEvent[]): Promise<Array<Record<string, unknown>>> {
+  const ids = events.filter((e) => e.row === null).map((e) => e.memberId!)
+  const byId = new Map<string, Record<string, unknown>>()
+  if (ids.length > 0) {
+    const { rows } = await db.query(
+      `select distinct on (t.id) t.* from ${segment.table_name} t
+       where t.segment_id = $1 and t.id = any($2::${segment.id_type}[]) order by t.id, t.actual_end desc`,
+      [segment.segment_id, ids])
+    for (const r of rows) byId.set(String(r.id), r)
+  }
+  return events.map((e) => e.row ?? byId.get(e.memberId!) ?? { segment_id: segment.segment_id, id: e.memberId })
+}

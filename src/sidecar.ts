@@ -1,0 +1,165 @@
+// The sidecar: wakes on NOTIFY (a hint) and on a poll timer (the guarantee), takes pg-boss jobs
+// (the durable record that a subscription has work), and delivers each due subscription.
+// A subscription is held by one sidecar at a time (advisory lock in deliver.ts); several sidecars
+// share the jobs. Stop: finish the batch in flight (its target transaction commits or rolls back
+// as a whole), then exit.
+import PgBoss from 'pg-boss'
+import { createRequire } from 'node:module'
+import type pg from 'pg'
+import type { Logger } from 'pino'
+import type { Batch } from './batch.js'
+import { deliverSubscription, type DeliveryContext, type RoundResult } from './deliver.js'
+import type { SubscriptionRow } from './read.js'
+import type { Sink } from './sinks/index.js'
+
+export const DELIVER_QUEUE = 'segmenter_deliver'
+
+// pg-listen is CommonJS with `exports.default`; require it to get the function itself.
+const createSubscriber: typeof import('pg-listen').default = createRequire(import.meta.url)('pg-listen').default
+
+export interface SidecarOptions {
+  databaseUrl: string
+  pool: pg.Pool
+  log: Logger
+  /** Poll for work this often even without NOTIFY (Default: 1000 ms). */
+  pollIntervalMs?: number
+  /** Subscriptions delivered in parallel (Default: 4). */
+  concurrency?: number
+  /** Backoff for an unreachable target: base and cap (Default: 500 ms, 30 s), with full jitter. */
+  retryBaseMs?: number
+  retryMaxMs?: number
+  /** Stop when nothing is pending (`segmenter run --once`). */
+  once?: boolean
+  onBatch?: (sub: SubscriptionRow, batch: Batch, ok: boolean, ms: number) => void
+  onRound?: (subscriptionId: string, result: RoundResult) => void
+  /** Extra periodic work (the refresh scheduler), run on the poll timer. */
+  tick?: () => Promise<void>
+  env?: NodeJS.ProcessEnv
+}
+
+export interface Sidecar { stop(): Promise<void>; done: Promise<void> }
+
+export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
+  const { pool, log } = opts
+  const pollMs = opts.pollIntervalMs ?? 1000
+  const concurrency = opts.concurrency ?? 4
+  const ctx: DeliveryContext = { pool, log, sinks: new Map<string, Sink>(), templates: new Map(), onBatch: opts.onBatch, env: opts.env }
+
+  // The schema comes from db/ (0002_pgboss.sql): pg-boss must not migrate or run cron here.
+  const boss = new PgBoss({ connectionString: opts.databaseUrl, migrate: false, schedule: false, supervise: true, max: 2, application_name: 'segmenter-boss' })
+  boss.on('error', (err) => log.error({ err }, 'pg-boss error'))
+  await boss.start()
+
+  let stopping = false
+  // A kick that lands while the loop is busy is remembered, so the next wait returns at once.
+  let kicked = false
+  let wake: () => void = () => {}
+  const kick = () => { kicked = true; wake() }
+
+  const listener = createSubscriber({ connectionString: opts.databaseUrl }, { retryLimit: Infinity, retryTimeout: Infinity })
+  listener.notifications.on('segmenter', kick)
+  listener.events.on('error', (err: Error) => log.warn({ err: err.message }, 'listener error; polling until it reconnects'))
+  listener.events.on('reconnect', () => log.info('listener reconnected'))
+  await listener.connect()
+  await listener.listenTo('segmenter')
+
+  const due = new Set<string>() // subscriptions to deliver now
+  const timers = new Map<string, NodeJS.Timeout>() // partial batches waiting for their timeout
+  const failures = new Map<string, number>() // consecutive retry rounds per subscription
+  const running = new Set<string>()
+
+  const schedule = (id: string, ms: number) => {
+    clearTimeout(timers.get(id))
+    timers.set(id, setTimeout(() => { timers.delete(id); due.add(id); kick() }, ms))
+    // Durable twin of the timer: if this process dies, another sidecar picks it up.
+    void boss.send(DELIVER_QUEUE, { subscription_id: id }, { singletonKey: id, startAfter: new Date(Date.now() + ms) }).catch(() => {})
+  }
+
+  const deliver = async (id: string) => {
+    running.add(id)
+    try {
+      const result = await deliverSubscription(ctx, id, () => stopping)
+      opts.onRound?.(id, result)
+      if (result.kind === 'retry') {
+        const n = (failures.get(id) ?? 0) + 1
+        failures.set(id, n)
+        const cap = Math.min(opts.retryMaxMs ?? 30_000, (opts.retryBaseMs ?? 500) * 2 ** (n - 1))
+        const delay = Math.round(cap / 2 + Math.random() * (cap / 2))
+        log.warn({ subscription: id, attempt: n, delayMs: delay, err: (result.error as Error)?.message }, 'target unavailable; retrying')
+        schedule(id, delay)
+      } else {
+        failures.delete(id)
+        if (result.kind === 'wait') schedule(id, Math.max(1, Math.ceil(result.ms)))
+        if (result.kind === 'busy') schedule(id, pollMs)
+      }
+    } catch (err) {
+      log.error({ subscription: id, err }, 'delivery failed')
+      schedule(id, pollMs)
+    } finally {
+      running.delete(id)
+      kick()
+    }
+  }
+
+  // Subscriptions with anything pending, found by SQL: covers lost jobs and lost notifications.
+  const sweep = async () => {
+    const { rows } = await pool.query<{ subscription_id: string }>(
+      `select s.subscription_id from segmenter.subscriptions s
+       where s.state = 'active' and exists (
+         select 1 from segmenter.changes c
+         where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
+           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and coalesce(cardinality(c.ids), 1) > s.cursor_ord)))`)
+    for (const r of rows) if (!timers.has(r.subscription_id)) due.add(r.subscription_id)
+  }
+
+  const loop = async () => {
+    let lastSweep = 0
+    while (!stopping) {
+      kicked = false
+      try {
+        const jobs = await boss.fetch<{ subscription_id: string }>(DELIVER_QUEUE, { batchSize: 20 })
+        for (const job of jobs) due.add(String(job.data.subscription_id))
+        if (jobs.length > 0) await boss.complete(DELIVER_QUEUE, jobs.map((j) => j.id))
+        if (Date.now() - lastSweep >= pollMs) {
+          lastSweep = Date.now()
+          await sweep()
+          await opts.tick?.()
+        }
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, 'home database unavailable; retrying')
+      }
+      for (const id of due) {
+        if (running.size >= concurrency) break
+        if (running.has(id)) continue
+        due.delete(id)
+        void deliver(id)
+      }
+      if (opts.once && due.size === 0 && running.size === 0 && timers.size === 0) {
+        await sweep().catch(() => {})
+        if (due.size === 0) break
+      }
+      if (kicked) continue
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, pollMs)
+        wake = () => { clearTimeout(t); wake = () => {}; resolve() }
+      })
+    }
+  }
+
+  const done = loop().finally(async () => {
+    for (const t of timers.values()) clearTimeout(t)
+    while (running.size > 0) await new Promise((r) => setTimeout(r, 10))
+    await listener.close().catch(() => {})
+    await boss.stop({ graceful: true, wait: true, close: true }).catch(() => {})
+    for (const sink of ctx.sinks.values()) await sink.close().catch(() => {})
+  })
+
+  return {
+    done,
+    async stop() {
+      stopping = true
+      kick()
+      await done
+    },
+  }
+}
