@@ -42,6 +42,7 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       try {
         sink = await sinkFor(ctx, sub.consumer_id)
       } catch (error) {
+        await recordFailure(ctx, sub, error)
         return { kind: 'retry', error }
       }
       let from: Checkpoint
@@ -49,6 +50,7 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
         from = (await sink.checkpoint(sub.sync_key)) ?? { pos: 0n, ord: 0 }
       } catch (error) {
         await dropSink(ctx, sub.consumer_id)
+        await recordFailure(ctx, sub, error)
         return { kind: 'retry', error }
       }
       // A resync supersedes everything before its snapshot.
@@ -164,6 +166,12 @@ async function deadLetter(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow
   }
   await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
   await record(ctx, sub, batch, 0, false, error)
+}
+
+/** Log a round that failed before any batch (the target unreachable), so sync_stats counts it. */
+async function recordFailure(ctx: DeliveryContext, sub: SubscriptionRow, error: unknown): Promise<void> {
+  await ctx.pool.query(`insert into segmenter.log (kind, subscription_id, ok, error) values ('batch', $1, false, $2)`,
+    [sub.subscription_id, (error as Error)?.message ?? String(error)])
 }
 
 /** Log the batch and, once the target has committed past it (`advanced`), move the home cursor. */

@@ -17,6 +17,7 @@ export async function openMysqlSink(url: string, dialect: Dialect, options: { ch
     charset: 'utf8mb4',
     dateStrings: true,
   })
+  conn.on('error', () => {}) // a dropped idle connection; the next query fails and is retried
   // A statement larger than max_allowed_packet surfaces as ECONNRESET rather than an SQL error,
   // so batches are sized from the server's actual limit.
   const [[{ packet }]] = (await conn.query('select @@max_allowed_packet as packet')) as unknown as [[{ packet: string }]]
@@ -42,7 +43,10 @@ export async function openMysqlSink(url: string, dialect: Dialect, options: { ch
       }
     },
     async close() {
-      await conn.end().catch(() => conn.destroy())
+      // end() waits for the server to answer QUIT, which a dead server never does.
+      const timeout = new Promise((resolve) => setTimeout(resolve, 1000).unref())
+      await Promise.race([conn.end().catch(() => {}), timeout])
+      conn.destroy()
     },
   }
 }
