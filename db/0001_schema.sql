@@ -198,15 +198,18 @@ begin
   if segment_ids is null or cardinality(segment_ids) = 0 then
     return;
   end if;
+  -- Only one open transaction per subscription enqueues (a try-lock, never a wait): otherwise a
+  -- second writer's ON CONFLICT waits for the first one's uncommitted job, blocking writers of
+  -- unrelated rows until it commits and deadlocking two transactions that write two segments in
+  -- opposite orders. A writer that skips is covered by that job or by the sidecar's sweep.
   insert into pgboss.job (name, singleton_key, data, policy, retry_limit, expire_in, keep_until)
   select 'segmenter_deliver', s.subscription_id::text, jsonb_build_object('subscription_id', s.subscription_id),
          'short', 0, interval '15 minutes', now() + interval '1 hour'
-  from segmenter.subscriptions s
-  where s.state = 'active' and s.segment_ids && _wake.segment_ids
+  from (select s.subscription_id from segmenter.subscriptions s
+        where s.state = 'active' and s.segment_ids && _wake.segment_ids offset 0) s
+  where pg_try_advisory_xact_lock(1936025453, (s.subscription_id & 2147483647)::int) -- 1936025453 = 'segm'
   on conflict do nothing;
-  if found then
-    perform pg_notify('segmenter', 'changes');
-  end if;
+  perform pg_notify('segmenter', 'changes'); -- also when the job was skipped: wake the sidecar anyway
 end $$;
 comment on function segmenter._wake is 'Private. Enqueue one delivery job per affected active subscription and NOTIFY once.';
 
@@ -404,7 +407,8 @@ select c.pos, m.ord::int as ord, c.seq, c.at, c.segment_id, s.name as segment, c
        c.subscription_id
 from segmenter.changes c
 left join lateral unnest(c.ids) with ordinality as m(id, ord) on true
-left join segmenter.segments s on s.segment_id = c.segment_id and s.actual_end = 'infinity';
+left join (select distinct on (segment_id) segment_id, name from segmenter.segments order by segment_id, actual_end desc) s
+  on s.segment_id = c.segment_id; -- the latest version, so a retired segment's events keep its name
 comment on view segmenter.events is 'Every captured event, one row per member: pos (commit order; null until sequenced), ord within the change, event, member id.';
 
 -- ---------------------------------------------------------------------------------------------
