@@ -53,11 +53,12 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   let stopping = false
   // A kick that lands while the loop is busy is remembered, so the next wait returns at once.
   let kicked = false
+  let notified = false
   let wake: () => void = () => {}
   const kick = () => { kicked = true; wake() }
 
   const listener = createSubscriber({ connectionString: opts.databaseUrl }, { retryLimit: Infinity, retryTimeout: Infinity })
-  listener.notifications.on('segmenter', kick)
+  listener.notifications.on('segmenter', () => { notified = true; kick() })
   listener.events.on('error', (err: Error) => log.warn({ err: err.message }, 'listener error; polling until it reconnects'))
   listener.events.on('reconnect', () => log.info('listener reconnected'))
   await listener.connect()
@@ -120,10 +121,16 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
         const jobs = await boss.fetch<{ subscription_id: string }>(DELIVER_QUEUE, { batchSize: 20 })
         for (const job of jobs) due.add(String(job.data.subscription_id))
         if (jobs.length > 0) await boss.complete(DELIVER_QUEUE, jobs.map((j) => j.id))
-        if (Date.now() - lastSweep >= pollMs) {
-          lastSweep = Date.now()
+        // A NOTIFY whose job another sidecar took (or whose writer skipped the job) still finds
+        // its subscription here.
+        if (notified || Date.now() - lastSweep >= pollMs) {
+          notified = false
+          const polled = Date.now() - lastSweep >= pollMs
           await sweep()
-          await opts.tick?.()
+          if (polled) {
+            lastSweep = Date.now()
+            await opts.tick?.()
+          }
         }
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'home database unavailable; retrying')
