@@ -6,6 +6,8 @@ import { createPool } from './db.js'
 import { fromPgError } from './errors.js'
 import { createLogger } from './logger.js'
 import { migrate } from './migrate.js'
+import { previewSubscription } from './preview.js'
+import { runDueRefreshes } from './refresh.js'
 import { startSidecar } from './sidecar.js'
 
 const program = new Command('segmenter').description('Postgres-native segments, kept in sync with external SQL stores').showHelpAfterError()
@@ -50,7 +52,11 @@ program.command('run').description('run the sidecar: deliver changes to every ac
     const log = createLogger(config.logLevel)
     await migrate(url)
     const pool = createPool(url)
-    const sidecar = await startSidecar({ databaseUrl: url, pool, log, once: o.once, pollIntervalMs: config.pollIntervalMs, concurrency: config.concurrency })
+    const sidecar = await startSidecar({
+      databaseUrl: url, pool, log, once: o.once, pollIntervalMs: config.pollIntervalMs, concurrency: config.concurrency,
+      // Auto segments: refresh the due and ready ones on the poll timer (serialized in SQL).
+      tick: async () => { await runDueRefreshes(pool, { log: (msg, data) => log.info(data ?? {}, msg) }) },
+    })
     log.info('sidecar started')
     const stop = async (signal: string) => {
       log.info({ signal }, 'stopping: finishing the batch in flight')
@@ -77,6 +83,17 @@ program.command('resync <subscription>').description('re-export a subscription f
   .action(async (name: string, o: { json?: boolean }) => {
     const pos = await withPool(async (p) => (await p.query('select segmenter.resync(subscription => $1::text) as pos', [name])).rows[0].pos)
     print(o.json ? { subscription: name, snapshot_pos: pos } : `resync of ${name} queued from position ${pos}`, !!o.json)
+  })
+
+program.command('preview <subscription>').description('render a subscription\'s templates for sample members, without executing them')
+  .option('-n, --members <n>', 'members in the sample batch', '3').option('--json', 'JSON output')
+  .action(async (name: string, o: { members: string; json?: boolean }) => {
+    const previews = await withPool((p) => previewSubscription(p, name, Number(o.members)))
+    if (o.json) return print(previews, true)
+    for (const pv of previews) {
+      console.log(`-- ${pv.subscription}: segment ${pv.segment}, ${pv.members} member(s), dialect ${pv.dialect}`)
+      for (const [event, sql] of Object.entries(pv.statements)) if (sql !== null) console.log(`-- ${event}\n${sql}\n`)
+    }
   })
 
 const dead = program.command('dead-letters').description('list or replay events a target rejected')
