@@ -3,7 +3,7 @@
 import mysql from 'mysql2/promise'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
-import type { Checkpoint, Sink } from './sink.js'
+import { transactionScript, type Checkpoint, type Sink } from './sink.js'
 
 const CHECKPOINT_TABLE = 'segmenter_checkpoint'
 
@@ -34,9 +34,8 @@ export async function openMysqlSink(url: string, dialect: Dialect, options: { ch
     },
     async apply(statements, syncKey, to: Checkpoint) {
       const upsert = `insert into ${table} (sync_key, pos, ord) values (${literal(syncKey, 'mysql')}, ${to.pos}, ${to.ord}) on duplicate key update pos = values(pos), ord = values(ord)`
-      const body = statements.map((s) => s.trim().replace(/;\s*$/, '')).filter((s) => s.length > 0)
       try {
-        await conn.query(['start transaction', ...body, upsert, 'commit'].join(';\n'))
+        await conn.query(transactionScript('start transaction', statements, upsert))
       } catch (err) {
         await conn.query('rollback').catch(() => {})
         throw err

@@ -3,7 +3,7 @@
 import pg from 'pg'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
-import type { Checkpoint, Sink } from './sink.js'
+import { transactionScript, type Checkpoint, type Sink } from './sink.js'
 
 export async function openPostgresSink(url: string, dialect: Dialect, options: { checkpointTable?: string } = {}): Promise<Sink> {
   const table = options.checkpointTable ?? 'segmenter_checkpoint'
@@ -24,9 +24,8 @@ export async function openPostgresSink(url: string, dialect: Dialect, options: {
     async apply(statements, syncKey, to: Checkpoint) {
       const upsert = `insert into ${ident} (sync_key, pos, ord) values (${literal(syncKey, 'postgres')}, ${to.pos}, ${to.ord})
         on conflict (sync_key) do update set pos = excluded.pos, ord = excluded.ord, updated_at = now()`
-      const body = statements.map((s) => s.trim().replace(/;\s*$/, '')).filter((s) => s.length > 0)
       try {
-        await client.query(['begin', ...body, upsert, 'commit'].join(';\n'))
+        await client.query(transactionScript('begin', statements, upsert))
       } catch (err) {
         await client.query('rollback').catch(() => {})
         throw err

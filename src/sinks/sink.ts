@@ -20,6 +20,15 @@ export interface Sink {
 }
 
 /**
+ * One round trip: begin, the batch's statements, the checkpoint upsert, commit. If any statement
+ * fails the server runs none after it, and the caller rolls back.
+ */
+export function transactionScript(begin: string, statements: string[], checkpointUpsert: string): string {
+  const body = statements.map((s) => s.trim().replace(/;\s*$/, '')).filter((s) => s.length > 0)
+  return [begin, ...body, checkpointUpsert, 'commit'].join(';\n')
+}
+
+/**
  * Errors worth retrying as-is: the connection, the server's availability, lock conflicts.
  * Anything else is the target rejecting the statement: the batch is split to isolate the row.
  */
