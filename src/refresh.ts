@@ -81,6 +81,7 @@ async function refreshIfDue(pool: pg.Pool, row: ScheduleRow, now: Date, tz?: str
     return { segment, outcome: 'waiting', reason: row.reason ?? 'not ready' }
   }
   const client = await pool.connect()
+  let broken: Error | undefined
   try {
     await client.query('begin')
     const claim = await client.query<{ claimed: boolean }>('select segmenter.claim_refresh($1, $2) as claimed', [segment, tick])
@@ -93,9 +94,10 @@ async function refreshIfDue(pool: pg.Pool, row: ScheduleRow, now: Date, tz?: str
     const r = res.rows[0]!.r
     return r.ok ? { segment, outcome: 'refreshed', counts: r } : { segment, outcome: 'failed', counts: r, reason: r.error }
   } catch (e) {
-    await client.query('rollback').catch(() => {})
+    // A connection that cannot even roll back is discarded rather than returned to the pool.
+    await client.query('rollback').catch((err: Error) => { broken = err })
     return { segment, outcome: 'failed', reason: (e as Error).message }
   } finally {
-    client.release()
+    client.release(broken)
   }
 }

@@ -1,0 +1,103 @@
+// Refresh cost: segmenter.refresh of an N-member auto segment with 5% churn (5% leave, 4% new,
+// 1% re-enter from closed rows) and 1% attribute changes, with capture (registered table, active
+// subscription) versus the same refresh with capture disabled (`disable trigger user`), and versus
+// a naive refresh (delete every row, insert the new result) of the same table, with and without
+// capture. One run, rounds alternate the order; every timed run starts from the same table state.
+// Usage: node --import tsx bench/refresh.ts [members=1000000] [rounds=3]
+import { benchDatabase, median, round, timed } from './common.js'
+
+const members = Number(process.argv[2] ?? 1_000_000)
+const rounds = Number(process.argv[3] ?? 3)
+const churn = Math.round(members * 0.05)
+const reenter = Math.round(members * 0.01)
+const db = await benchDatabase()
+const q = (sql: string, params?: unknown[]) => db.pool.query(sql, params)
+
+// The seed's table shape: unique (id) and an index on id.
+await q(`create table bench_seg (
+  segment_id uuid not null, id varchar null, hash_email varchar null, hash_phone varchar null,
+  actual_begin timestamp not null default now(), actual_end timestamp not null default 'infinity',
+  processed timestamp not null default now(), constraint bench_seg_id_key unique (id));
+  create index on bench_seg using btree(id);`)
+await q('create table bench_src (id text, hash_email text, hash_phone text)')
+const segmentId: string = (await q(`select segmenter.create_segment('bench', 'bench_seg', 'auto',
+  'select id, hash_email, hash_phone from bench_src') as id`)).rows[0].id
+await q(`select segmenter.create_consumer('bench', 'mysql', 'mysql', 'BENCH_URL')`)
+await q(`select segmenter.create_subscription('bench', 'bench', array['bench'], 'select 1', 'select 1')`)
+
+// Before: members 1..N current, 2N+1..2N+reenter closed. After: the first `churn` members leave,
+// every 100th stayer changes its email, N+1..N+churn-reenter are new, the closed ones re-enter.
+await q('create table bench_base (like bench_seg)')
+await q(`insert into bench_base
+  select $1::uuid as segment_id, g::text as id, md5(g::text)::varchar as hash_email, md5((g * 7)::text)::varchar as hash_phone,
+         (now() - interval '2 days')::timestamp as actual_begin, 'infinity'::timestamp as actual_end, (now() - interval '2 days')::timestamp as processed
+  from generate_series(1, $2) g
+  union all
+  select $1, g::text, md5(g::text), md5((g * 7)::text), now() - interval '3 days', now() - interval '2 days', now() - interval '2 days'
+  from generate_series(2 * $2 + 1, 2 * $2 + $3) g`, [segmentId, members, reenter])
+await q(`insert into bench_src
+  select g::text, case when g % 100 = 0 then 'changed' else md5(g::text) end, md5((g * 7)::text) from generate_series($3 + 1, $1) g
+  union all select g::text, md5(g::text), md5((g * 7)::text) from generate_series($1 + 1, $1 + $3 - $2) g
+  union all select g::text, md5(g::text), md5((g * 7)::text) from generate_series(2 * $1 + 1, 2 * $1 + $2) g`, [members, reenter, churn])
+await q('analyze bench_src')
+
+async function reset(): Promise<void> {
+  await q('alter table bench_seg disable trigger user')
+  await q('truncate bench_seg')
+  await q('insert into bench_seg select * from bench_base')
+  await q('alter table bench_seg enable trigger user')
+  await q('delete from segmenter.changes')
+  await q('vacuum analyze bench_seg')
+  await q('vacuum segmenter.changes')
+  await q('checkpoint')
+}
+
+type Variant = 'capture' | 'no_capture' | 'naive_capture' | 'naive_no_capture'
+const variants: Variant[] = ['capture', 'no_capture', 'naive_capture', 'naive_no_capture']
+const times: Record<Variant, number[]> = { capture: [], no_capture: [], naive_capture: [], naive_no_capture: [] }
+const naive = () => q(`begin;
+  delete from bench_seg where segment_id = '${segmentId}';
+  insert into bench_seg (segment_id, id, hash_email, hash_phone, actual_begin, actual_end, processed)
+    select '${segmentId}', id, hash_email, hash_phone, now(), 'infinity', now() from bench_src;
+  commit;`)
+let counts: Record<string, unknown> = {}
+let events: Record<string, number> = {}
+
+for (let r = 0; r < rounds; r++) {
+  const order = r % 2 === 0 ? variants : [...variants].reverse()
+  for (const v of order) {
+    await reset()
+    const capture = !v.endsWith('no_capture')
+    if (!capture) await q('alter table bench_seg disable trigger user')
+    if (v.startsWith('naive')) times[v].push(await timed(naive))
+    else {
+      times[v].push(await timed(async () => { counts = (await q(`select segmenter.refresh('bench') as r`)).rows[0].r }))
+      if (counts.ok !== true) throw new Error(`refresh failed: ${JSON.stringify(counts)}`)
+    }
+    if (!capture) await q('alter table bench_seg enable trigger user')
+    if (v === 'capture') {
+      const rows = (await q(`select event::text, sum(cardinality(ids))::bigint as n from segmenter.changes where ids is not null group by event order by event`)).rows
+      events = Object.fromEntries(rows.map((x) => [x.event, Number(x.n)]))
+    }
+  }
+}
+
+const ms = (v: Variant) => round(median(times[v]), 0)
+const { duration_ms: _d, ...lastCounts } = counts
+console.log(JSON.stringify({
+  benchmark: 'refresh',
+  members,
+  rounds,
+  counts: lastCounts,
+  capture_events: events,
+  refresh_ms: { capture: ms('capture'), no_capture: ms('no_capture') },
+  naive_ms: { capture: ms('naive_capture'), no_capture: ms('naive_no_capture') },
+  capture_ratio: round(median(times.capture) / median(times.no_capture), 2),
+  target_ratio: 1.3,
+  naive_vs_refresh: {
+    with_capture: round(median(times.naive_capture) / median(times.capture), 2),
+    without_capture: round(median(times.naive_no_capture) / median(times.no_capture), 2),
+  },
+  all_ms: Object.fromEntries(variants.map((v) => [v, times[v].map((x) => round(x, 0))])),
+}, null, 2))
+await db.stop()
