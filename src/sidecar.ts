@@ -71,9 +71,10 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
 
   const schedule = (id: string, ms: number) => {
     clearTimeout(timers.get(id))
+    // No delayed pg-boss job here: it would hold the queue's one 'created' slot for this
+    // subscription and swallow the jobs new changes create. A timer lost with this process is
+    // recomputed by any sidecar's sweep from the pending changes' age, which lives in Postgres.
     timers.set(id, setTimeout(() => { timers.delete(id); due.add(id); kick() }, ms))
-    // Durable twin of the timer: if this process dies, another sidecar picks it up.
-    void boss.send(DELIVER_QUEUE, { subscription_id: id }, { singletonKey: id, startAfter: new Date(Date.now() + ms) }).catch(() => {})
   }
 
   const deliver = async (id: string) => {
@@ -110,7 +111,8 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
          select 1 from segmenter.changes c
          where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
            and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and coalesce(cardinality(c.ids), 1) > s.cursor_ord)))`)
-    for (const r of rows) if (!timers.has(r.subscription_id)) due.add(r.subscription_id)
+    // Waiting subscriptions are re-evaluated too: new changes may have completed their batch.
+    for (const r of rows) due.add(r.subscription_id)
   }
 
   const loop = async () => {
