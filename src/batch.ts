@@ -36,6 +36,9 @@ export function planFlush(pending: PendingEvent[], batchSize: number, timeoutMs:
   const tail = pending.slice(lastBarrier + 1)
   const oldestAge = tail.reduce((m, e) => Math.max(m, e.ageMs), -Infinity)
   if (tail.length === 0 || (!windowFull && oldestAge >= timeoutMs)) return { flush: pending, waitMs: null }
+  // A full window shorter than one batch (batch_size above the read window): waiting would read
+  // the same window forever, so it goes (up to its last segment-level event, if any).
+  if (windowFull && tail.length < batchSize) return { flush: lastBarrier >= 0 ? pending.slice(0, lastBarrier + 1) : pending, waitMs: null }
   const whole = Math.floor(tail.length / batchSize) * batchSize
   const flush = pending.slice(0, lastBarrier + 1 + whole)
   const rest = tail.slice(whole)

@@ -14,6 +14,8 @@ import { createMetrics } from './metrics.js'
 import { startSidecar } from './sidecar.js'
 
 const program = new Command('segmenter').description('Postgres-native segments, kept in sync with external SQL stores').showHelpAfterError()
+  // Usage errors (unknown command, missing argument) exit 2 like bad configuration; --help exits 0.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
 
 // DATABASE_URL, or else the embedded Postgres under ./.segmenter/ (started, migrated, and stopped
 // again when the command ends), so a first run needs nothing installed.

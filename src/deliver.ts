@@ -14,7 +14,10 @@ const LOCK_CLASS = 0x5e6d
 export interface DeliveryContext {
   pool: pg.Pool
   log: Logger
-  sinks: Map<string, Sink> // by consumer id, reused across rounds
+  // One target connection per subscription, reused across rounds: subscriptions delivered in
+  // parallel never share a connection (one's failed multi-statement must not leave a transaction
+  // open for another's batch).
+  sinks: Map<string, Sink>
   templates: Map<string, CompiledTemplate>
   onBatch?: (sub: SubscriptionRow, batch: Batch, ok: boolean, ms: number) => void
   env?: NodeJS.ProcessEnv
@@ -40,7 +43,7 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       if (!sub || sub.state !== 'active') return { kind: 'idle' }
       let sink: Sink
       try {
-        sink = await sinkFor(ctx, sub.consumer_id)
+        sink = await sinkFor(ctx, sub)
       } catch (error) {
         await recordFailure(ctx, sub, error)
         return { kind: 'retry', error }
@@ -49,7 +52,7 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       try {
         from = (await sink.checkpoint(sub.sync_key)) ?? { pos: 0n, ord: 0 }
       } catch (error) {
-        await dropSink(ctx, sub.consumer_id)
+        await dropSink(ctx, sub.subscription_id)
         await recordFailure(ctx, sub, error)
         return { kind: 'retry', error }
       }
@@ -57,7 +60,7 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       if (sub.resync_pos !== null && compareCheckpoints(from, { pos: BigInt(sub.resync_pos), ord: 0 }) < 0) {
         from = { pos: BigInt(sub.resync_pos), ord: 0 }
       }
-      const window = Math.min(100_000, Math.max(sub.batch_size * 10, 10_000))
+      const window = Math.max(sub.batch_size, Math.min(100_000, Math.max(sub.batch_size * 10, 10_000)))
       const pending = await readPending(lockClient, sub, from, window)
       if (pending.length === 0) {
         await reconcileHomeCursor(ctx.pool, sub, from)
@@ -68,11 +71,12 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       const batches = toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null)
       const segments = await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
       for (const batch of batches) {
+        if (shouldStop()) return { kind: 'idle' } // stop between batches: each committed whole with its checkpoint
         try {
           await deliverBatch(ctx, sink, sub, segments.get(batch.segmentId), batch)
         } catch (error) {
           if (!isTransient(error)) throw error
-          await dropSink(ctx, sub.consumer_id)
+          await dropSink(ctx, sub.subscription_id)
           await record(ctx, sub, batch, 0, false, error, false)
           return { kind: 'retry', error }
         }
@@ -85,18 +89,18 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
   }
 }
 
-async function sinkFor(ctx: DeliveryContext, consumerId: string): Promise<Sink> {
-  const cached = ctx.sinks.get(consumerId)
+async function sinkFor(ctx: DeliveryContext, sub: SubscriptionRow): Promise<Sink> {
+  const cached = ctx.sinks.get(sub.subscription_id)
   if (cached) return cached
-  const { rows } = await ctx.pool.query<ConsumerRow>('select * from segmenter.consumers where consumer_id = $1', [consumerId])
+  const { rows } = await ctx.pool.query<ConsumerRow>('select * from segmenter.consumers where consumer_id = $1', [sub.consumer_id])
   const sink = await openSink(rows[0]!, ctx.env)
-  ctx.sinks.set(consumerId, sink)
+  ctx.sinks.set(sub.subscription_id, sink)
   return sink
 }
 
-async function dropSink(ctx: DeliveryContext, consumerId: string): Promise<void> {
-  const sink = ctx.sinks.get(consumerId)
-  ctx.sinks.delete(consumerId)
+async function dropSink(ctx: DeliveryContext, subscriptionId: string): Promise<void> {
+  const sink = ctx.sinks.get(subscriptionId)
+  ctx.sinks.delete(subscriptionId)
   await sink?.close().catch(() => {})
 }
 
@@ -127,23 +131,29 @@ function templateFor(ctx: DeliveryContext, sub: SubscriptionRow, event: Batch['e
 async function deliverBatch(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, segment: SegmentInfo | undefined, batch: Batch): Promise<void> {
   const started = performance.now()
   let statement: string | null = null
+  // Each step in its own try, so that only a failure of this batch's own statement splits it:
+  // a split re-sends its halves, which must never include anything the target already committed.
   try {
     const template = batch.events.length > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
     if (template && segment) {
       const members = MEMBER_EVENTS.has(batch.event) ? await loadMembers(ctx.pool, segment, batch.events) : []
       statement = template.render({ segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch: members })
-      if (Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
-        return await splitAndDeliver(ctx, sink, sub, segment, batch)
-      }
     }
+  } catch (error) {
+    if (isTransient(error)) throw error
+    // A value this dialect cannot represent, or a field a member lacks: isolate it like a rejection.
+    return batch.events.length > 1 ? splitAndDeliver(ctx, sink, sub, segment, batch) : deadLetter(ctx, sink, sub, batch, statement, error)
+  }
+  if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
+    return splitAndDeliver(ctx, sink, sub, segment, batch)
+  }
+  try {
     await sink.apply(statement === null ? [] : [statement], sub.sync_key, batch.through)
   } catch (error) {
     if (isTransient(error)) throw error
-    if (batch.events.length > 1) return await splitAndDeliver(ctx, sink, sub, segment, batch)
-    await deadLetter(ctx, sink, sub, batch, statement, error)
-    return
+    return batch.events.length > 1 ? splitAndDeliver(ctx, sink, sub, segment, batch) : deadLetter(ctx, sink, sub, batch, statement, error)
   }
-  await record(ctx, sub, batch, performance.now() - started, true)
+  await record(ctx, sub, batch, performance.now() - started, true, undefined, true, statement === null ? 0 : 1)
 }
 
 async function splitAndDeliver(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, segment: SegmentInfo | undefined, batch: Batch): Promise<void> {
@@ -175,12 +185,12 @@ async function recordFailure(ctx: DeliveryContext, sub: SubscriptionRow, error: 
 }
 
 /** Log the batch and, once the target has committed past it (`advanced`), move the home cursor. */
-async function record(ctx: DeliveryContext, sub: SubscriptionRow, batch: Batch, ms: number, ok: boolean, error?: unknown, advanced = true): Promise<void> {
+async function record(ctx: DeliveryContext, sub: SubscriptionRow, batch: Batch, ms: number, ok: boolean, error?: unknown, advanced = true, statements = 0): Promise<void> {
   ctx.onBatch?.(sub, batch, ok, ms)
   const to = advanced ? batch.through : { pos: BigInt(sub.cursor_pos), ord: sub.cursor_ord }
   await ctx.pool.query(
     `select segmenter.record_batch(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, event => $4::segmenter.event,
        segment_id => $5::uuid, statements => $6, rows => $7, duration_ms => $8, ok => $9, error => $10)`,
-    [sub.subscription_id, to.pos.toString(), to.ord, batch.event, batch.segmentId, ok && batch.events.length > 0 ? 1 : 0,
+    [sub.subscription_id, to.pos.toString(), to.ord, batch.event, batch.segmentId, statements,
       batch.events.length, ms, ok, error === undefined ? null : ((error as Error)?.message ?? String(error))])
 }

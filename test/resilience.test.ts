@@ -44,7 +44,7 @@ test('kill -9 of the sidecar during a 100,000-member delivery: nothing lost, not
   await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [id])
   const count = async () => Number((await target.query('select count(*) as n from members'))[0].n)
   const run = (): ChildProcess => spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-    env: { ...process.env, DATABASE_URL: home.url, TARGET_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_POLL_INTERVAL_MS: '100' },
+    env: { ...process.env, DATABASE_URL: home.url, TARGET_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_POLL_INTERVAL_MS: '100', SEGMENTER_HTTP_PORT: '0' },
     stdio: ['ignore', 'ignore', 'inherit'],
   })
   let kills = 0
