@@ -5,6 +5,7 @@ import { loadConfig } from './config.js'
 import { createPool } from './db.js'
 import { fromPgError } from './errors.js'
 import { createLogger } from './logger.js'
+import { refreshSegment } from './api.js'
 import { migrate } from './migrate.js'
 import { previewSubscription } from './preview.js'
 import { runDueRefreshes } from './refresh.js'
@@ -72,6 +73,7 @@ program.command('run').description('run the sidecar: deliver changes to every ac
     const metrics = createMetrics(pool)
     const sidecar = await startSidecar({
       databaseUrl: url, pool, log, once: o.once, pollIntervalMs: config.pollIntervalMs, concurrency: config.concurrency,
+      tickIntervalMs: config.refreshIntervalMs,
       onBatch: (sub, batch, ok, ms) => {
         metrics.batches.inc({ subscription: sub.name, outcome: ok ? 'ok' : 'failed' })
         if (ok) {
@@ -115,6 +117,15 @@ program.command('resync <subscription>').description('re-export a subscription f
   .action(async (name: string, o: { json?: boolean }) => {
     const pos = await withPool(async (p) => (await p.query('select segmenter.resync(subscription => $1::text) as pos', [name])).rows[0].pos)
     print(o.json ? { subscription: name, snapshot_pos: pos } : `resync of ${name} queued from position ${pos}`, !!o.json)
+  })
+
+program.command('refresh <segment>').description('refresh an auto segment now, in one transaction (sources ready or not)').option('--json', 'JSON output')
+  .action(async (name: string, o: { json?: boolean }) => {
+    const counts = await withPool((p) => refreshSegment(p, name))
+    print(o.json ? counts : counts.ok
+      ? `${name}: +${counts.added} added, ${counts.reentered} returned, -${counts.removed} removed, ${counts.updated} updated, ${counts.unchanged} unchanged (${Math.round(counts.duration_ms)} ms)`
+      : `${name}: refresh failed: ${counts.error}`, !!o.json)
+    if (!counts.ok) process.exitCode = 1
   })
 
 program.command('preview <subscription>').description('render a subscription\'s templates for sample members, without executing them')

@@ -10,6 +10,8 @@ export interface Config {
   concurrency: number
   /** pino log level. (Default: info) */
   logLevel: string
+  /** How often due auto segments are looked for and refreshed. (Default: 10000) */
+  refreshIntervalMs: number
   /** Port of /healthz, /readyz, /metrics and the status page; 0 picks a free one. (Default: 9187) */
   httpPort: number
   /** Address the HTTP endpoint binds. (Default: 127.0.0.1) */
@@ -18,7 +20,7 @@ export interface Config {
   dataDir: string
 }
 
-export const defaults = { pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter' } satisfies Partial<Config>
+export const defaults = { refreshIntervalMs: 10_000, pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter' } satisfies Partial<Config>
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
@@ -26,12 +28,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     pollIntervalMs: env.SEGMENTER_POLL_INTERVAL_MS ? Number(env.SEGMENTER_POLL_INTERVAL_MS) : defaults.pollIntervalMs,
     concurrency: env.SEGMENTER_CONCURRENCY ? Number(env.SEGMENTER_CONCURRENCY) : defaults.concurrency,
     logLevel: env.SEGMENTER_LOG_LEVEL ?? defaults.logLevel,
+    refreshIntervalMs: env.SEGMENTER_REFRESH_INTERVAL_MS ? Number(env.SEGMENTER_REFRESH_INTERVAL_MS) : defaults.refreshIntervalMs,
     httpPort: env.SEGMENTER_HTTP_PORT ? Number(env.SEGMENTER_HTTP_PORT) : defaults.httpPort,
     httpHost: env.SEGMENTER_HTTP_HOST ?? defaults.httpHost,
     dataDir: env.SEGMENTER_DATA_DIR ?? defaults.dataDir,
   }
   assert(Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10, `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`)
   assert(Number.isInteger(config.concurrency) && config.concurrency >= 1, `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`)
+  assert(Number.isInteger(config.refreshIntervalMs) && config.refreshIntervalMs >= 100, `configuration assert: SEGMENTER_REFRESH_INTERVAL_MS must be an integer of at least 100 (got ${env.SEGMENTER_REFRESH_INTERVAL_MS})`)
   assert(Number.isInteger(config.httpPort) && config.httpPort >= 0 && config.httpPort < 65536, `configuration assert: SEGMENTER_HTTP_PORT must be a port number (got ${env.SEGMENTER_HTTP_PORT})`)
   return Object.freeze(config)
 }

@@ -32,8 +32,10 @@ export interface SidecarOptions {
   once?: boolean
   onBatch?: (sub: SubscriptionRow, batch: Batch, ok: boolean, ms: number) => void
   onRound?: (subscriptionId: string, result: RoundResult) => void
-  /** Extra periodic work (the refresh scheduler), run on the poll timer. */
+  /** Extra periodic work (the refresh scheduler). */
   tick?: () => Promise<void>
+  /** How often `tick` runs (Default: 10000 ms): the schedule view evaluates every ready_sql. */
+  tickIntervalMs?: number
   env?: NodeJS.ProcessEnv
 }
 
@@ -117,6 +119,7 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
 
   const loop = async () => {
     let lastSweep = 0
+    let lastTick = 0
     while (!stopping) {
       kicked = false
       try {
@@ -127,12 +130,12 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
         // its subscription here.
         if (notified || Date.now() - lastSweep >= pollMs) {
           notified = false
-          const polled = Date.now() - lastSweep >= pollMs
+          lastSweep = Date.now()
           await sweep()
-          if (polled) {
-            lastSweep = Date.now()
-            await opts.tick?.()
-          }
+        }
+        if (opts.tick && Date.now() - lastTick >= (opts.tickIntervalMs ?? 10_000)) {
+          lastTick = Date.now()
+          await opts.tick()
         }
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'home database unavailable; retrying')
