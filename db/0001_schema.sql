@@ -693,6 +693,31 @@ begin
 end $$;
 comment on function segmenter._check_template is 'Private. Structural template check raising SG010.';
 
+-- Every member field a template names must be a column of every segment table in its scope
+-- (matched case-insensitively, as the renderer does), so a typo is refused now, not dead-lettered
+-- member by member later.
+create function segmenter._check_template_fields(field text, source text, syntax text, segment_ids uuid[]) returns void
+language plpgsql stable as $$
+declare
+  f text; t regclass;
+begin
+  if source is null then return; end if;
+  for f in
+    select distinct m[1] from regexp_matches(source,
+      case when syntax = 'altcraft' then '\{\$\w+\.(\w+)\}|\{batch_in\s+"([^"]+)"' else '\mlead\.(\w+)' end, 'g') as r(m0)
+      cross join lateral (select array[coalesce(m0[1], m0[2])]) as x(m)
+    where coalesce(m0[1], m0[2]) is not null
+  loop
+    for t in select g.table_name from segmenter.segments g where g.segment_id = any(segment_ids) and g.actual_end = 'infinity' loop
+      if not exists (select 1 from pg_attribute a where a.attrelid = t and a.attnum > 0 and not a.attisdropped and lower(a.attname) = lower(f)) then
+        perform segmenter._fail('SG010', format('%s: the template uses member field %L, which table %s does not have', field, f, t),
+          format('use one of the columns of %s: %s', t, (select string_agg(attname, ', ' order by attnum) from pg_attribute where attrelid = t and attnum > 0 and not attisdropped)));
+      end if;
+    end loop;
+  end loop;
+end $$;
+comment on function segmenter._check_template_fields is 'Private. Refuse a template naming a member field its segment tables lack (SG010).';
+
 create function segmenter.create_subscription(
   name text,
   consumer text,
@@ -754,6 +779,9 @@ begin
   perform segmenter._check_template('update_sql', update_sql, syntax);
   perform segmenter._check_template('segment_upsert_sql', segment_upsert_sql, syntax);
   perform segmenter._check_template('segment_delete_sql', segment_delete_sql, syntax);
+  perform segmenter._check_template_fields('add_sql', add_sql, syntax, seg_ids);
+  perform segmenter._check_template_fields('remove_sql', remove_sql, syntax, seg_ids);
+  perform segmenter._check_template_fields('update_sql', update_sql, syntax, seg_ids);
 
   insert into segmenter.subscriptions (name, description, consumer_id, segment_ids, add_sql, remove_sql, clear_sql,
     update_sql, segment_upsert_sql, segment_delete_sql, syntax, batch_size, batch_timeout, audience)

@@ -166,6 +166,7 @@ updated = NOW();`;
   const remove = `DELETE FROM mysegment
 WHERE segment_id = {segment_id}
 AND clientId IN ({batch_in "CustomID"})`;
+  await db.query('alter table public.members add column "CustomID" varchar'); // the seed's custom profile field
   await altcraft(add, remove);
   const [s] = await db.query(`select syntax, add_sql, remove_sql from segmenter.subscriptions where name = 's'`);
   assert.deepEqual({ ...s }, { syntax: 'altcraft', add_sql: add, remove_sql: remove });
@@ -253,4 +254,18 @@ test('segmenter.showcase shows current members with attributes as jsonb, not clo
   await db.query(`select segmenter.retire_segment('b')`);
   assert.deepEqual((await db.query(`select member_id from segmenter.showcase`)).map((r) => r.member_id), ['m1']);
   assert.equal((await db.query(`select 1 from public.other`)).length, 1);
+});
+
+test('a template naming a member field its segment table lacks is SG010, in both syntaxes', async (t) => {
+  const db = await setup(t);
+  await refused(db, sub(`syntax => 'altcraft', add_sql => $1, remove_sql => 'delete from t'`),
+    ['insert into t values {for $i, $lead = $batch}({$lead.hash_emial}){autocomma}{end}'],
+    'SG010', /add_sql/, /member field 'hash_emial'/, /members/);
+  await refused(db, sub(`syntax => 'altcraft', add_sql => 'insert into t values (1)', remove_sql => $1`),
+    ['delete from t where x in ({batch_in "Phone"})'], 'SG010', /remove_sql/, /'Phone'/);
+  await refused(db, sub(`add_sql => $1, remove_sql => 'delete from t'`),
+    ['{{@each(it.batch) => lead}}({{ lead.nope }}){{/each}}'], 'SG010', /add_sql/, /'nope'/);
+  // Known fields pass, in any letter case, as the renderer matches them.
+  await db.query(sub(`syntax => 'altcraft', add_sql => $1, remove_sql => $2`),
+    ['insert into t values {for $i, $lead = $batch}({$lead.HASH_EMAIL}, {$lead.id}){autocomma}{end}', 'delete from t where x in ({batch_in "hash_phone"})']);
 });
