@@ -83,6 +83,7 @@ program.command('run').description('run the sidecar: deliver changes to every ac
       },
       // Auto segments: refresh the due and ready ones on the poll timer (serialized in SQL).
       tick: async () => {
+        await pool.query('select * from segmenter.prune()')
         for (const r of await runDueRefreshes(pool, { log: (msg, data) => log.info(data ?? {}, msg) })) {
           const ms = (r.counts as { duration_ms?: number } | undefined)?.duration_ms
           if (ms !== undefined) metrics.refreshSeconds.observe({ segment: r.segment, outcome: r.outcome }, ms / 1000)

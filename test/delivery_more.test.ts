@@ -563,3 +563,30 @@ test('graceful stop mid-delivery: whole batches only, checkpoint matches; a new 
   // (sidecar.ts, README: "SIGTERM/SIGINT finish the batch in flight"), not for the rest of the window.
   assert.ok(delivered < 50_000, `stop() finishes the batch in flight, not the whole window: ${delivered} of 50,000 rows when it resolved (${atStop} when called)`)
 })
+
+test('prune deletes only changes every subscription has passed, and old log rows', async (t) => {
+  const { freshPg } = await import('./harness/db.js')
+  const home = await freshPg()
+  t.after(() => home.close())
+  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
+  await home.query(`select segmenter.create_segment('a', 'seg'), segmenter.create_segment('b', 'seg')`)
+  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'X_URL')`)
+  await home.query(`select segmenter.create_subscription('sa', 'c', array['a'], 'select 1', 'select 2')`)
+  await home.query(`select segmenter.add_members('a', array['1', '2']), segmenter.add_members('b', array['3'])`)
+  await home.query(`select segmenter.sequence_changes()`)
+  await home.query(`update segmenter.changes set at = now() - interval '2 days'`)
+  // sa has delivered nothing yet: only b's changes (no subscription covers b) may go.
+  const [first] = await home.query(`select changes::int from segmenter.prune()`)
+  assert.deepEqual(await home.query(`select distinct segment from segmenter.events order by 1`), [{ segment: 'a' }])
+  assert.ok(first.changes >= 2)
+  // Once sa's cursor passes everything, a's changes go too; recent ones stay for inspection.
+  await home.query(`update segmenter.subscriptions set cursor_pos = (select max(pos) from segmenter.changes)`)
+  await home.query(`select segmenter.add_members('a', array['4'])`)
+  await home.query(`select segmenter.sequence_changes()`)
+  await home.query(`select * from segmenter.prune()`)
+  assert.deepEqual(await home.query(`select event, member_id from segmenter.events where member_id is not null`), [{ event: 'add', member_id: '4' }])
+  await home.query(`insert into segmenter.log (kind, ok, at) values ('batch', true, now() - interval '40 days'), ('batch', true, now())`)
+  const [second] = await home.query(`select log::int from segmenter.prune()`)
+  assert.equal(second.log, 1)
+})
