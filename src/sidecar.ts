@@ -59,7 +59,10 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   let wake: () => void = () => {}
   const kick = () => { kicked = true; wake() }
 
-  const listener = createSubscriber({ connectionString: opts.databaseUrl }, { retryLimit: Infinity, retryTimeout: Infinity })
+  // The payload is a plain word, not JSON: without `parse`, pg-listen's JSON.parse fails on every
+  // notification and turns it into an error event instead of a wake-up.
+  const listener = createSubscriber({ connectionString: opts.databaseUrl },
+    { retryLimit: Infinity, retryTimeout: Infinity, parse: (payload: string) => payload })
   listener.notifications.on('segmenter', () => { notified = true; kick() })
   listener.events.on('error', (err: Error) => log.warn({ err: err.message }, 'listener error; polling until it reconnects'))
   listener.events.on('reconnect', () => log.info('listener reconnected'))

@@ -52,7 +52,7 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
 }
 
 interface Env { home: FreshPg; target: FreshMysql; sidecar: Sidecar; env: NodeJS.ProcessEnv }
-async function setup(): Promise<Env> {
+async function setup(pollIntervalMs = 200): Promise<Env> {
   const home = await freshPg()
   const target = await freshMysql()
   await home.query(SEGMENT_DDL)
@@ -60,7 +60,7 @@ async function setup(): Promise<Env> {
   await target.query('create table segments (name varchar(255), segment_id varchar(36), updated datetime, unique key (segment_id))')
   const env = { ...process.env, TARGET_URL: target.url }
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: 200, env })
+  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs, env })
   const stop = sidecar.stop
   sidecar.stop = async () => { await stop(); await pool.end() }
   return { home, target, sidecar, env }
@@ -195,4 +195,23 @@ test('a row the target rejects is dead-lettered, the rest arrive, replay deliver
   assert.equal(Number((await home.query(`select segmenter.replay_dead_letters('dl') as n`))[0].n), 1)
   await until('replayed', async () => (await target.query(`select count(*) as n from narrow where member = 'much-too-long'`))[0].n == 1)
   assert.equal(Number((await target.query('select count(*) as n from narrow'))[0].n), 10)
+})
+
+test('NOTIFY wakes the sidecar: batch size 1 arrives well before the 10 s poll', async (t) => {
+  const e = await setup(10_000)
+  t.after(() => teardown(e))
+  const { home, target } = e
+  const [{ id }] = await home.query(`select segmenter.create_segment('fast', 'public.test_segment') as id`)
+  await home.query(`select segmenter.create_consumer('crm', 'mysql', 'mysql', 'TARGET_URL')`)
+  await home.query(`select segmenter.create_subscription(name => 'fast', consumer => 'crm', segments => array['fast'],
+    add_sql => $1, remove_sql => $2, syntax => 'altcraft')`, [SEED.add, SEED.remove])
+  await until('the initial sync', async () => Number((await home.query(`select pending_changes from segmenter.status`))[0].pending_changes) === 0, 15_000)
+  const latencies: number[] = []
+  for (let i = 1; i <= 5; i++) {
+    const t0 = Date.now()
+    await home.query(`insert into test_segment (segment_id, id, customid) values ($1, $2, $3)`, [id, `n${i}`, `c${i}`])
+    await until(`member ${i}`, async () => Number((await target.query('select count(*) as n from mysegment'))[0].n) === i, 9_000)
+    latencies.push(Date.now() - t0)
+  }
+  assert.ok(Math.max(...latencies) < 2_000, `commit to visible: ${latencies.join(', ')} ms`)
 })
