@@ -34,38 +34,44 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
   return rows[0] ?? null
 }
 
-const PENDING_SQL = `
-  select c.pos, m.ord::int as ord, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
-         c.segment_id, c.event, m.id as member_id,
-         case when c.rows is not null then c.rows -> (m.ord::int - 1) end as row
+// Change rows, not members: the members are expanded here and the read stops at `limit`, so a
+// window costs what it returns, not the whole backlog (unnesting every pending member in SQL to
+// return 10,000 of them took 790 ms with 1M pending).
+const CHANGES_SQL = `
+  select c.pos, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
+         c.segment_id, c.event, c.ids, c.rows
   from segmenter.changes c
-  cross join lateral (
-    select u.id, u.ord from unnest(c.ids) with ordinality as u(id, ord)
-    union all select null, 1 where c.ids is null) m
   where c.pos >= $3 and c.segment_id = any($1::uuid[])
     and (c.subscription_id is null or c.subscription_id = $2)
-    and (c.pos, m.ord) > ($3::bigint, $4::bigint)
-  order by c.pos, m.ord
-  limit $5`
+  order by c.pos`
 
-interface PendingRow { pos: string; ord: number; age_ms: number; segment_id: string; event: EventType; member_id: string | null; row: Record<string, unknown> | null }
+interface ChangeRow { pos: string; age_ms: number; segment_id: string; event: EventType; ids: string[] | null; rows: Array<Record<string, unknown>> | null }
 
-/** Up to `limit` events after `from`, streamed in pages so a huge resync never sits in memory twice. */
+/** Up to `limit` events after `from`, in position order, read through a cursor a few changes at a time. */
 export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
-  const cursor = client.query(new Cursor<PendingRow>(PENDING_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString(), from.ord, limit]))
+  const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()]))
   const events: PendingEvent[] = []
   try {
     for (;;) {
-      const page = await cursor.read(5000)
-      for (const r of page) {
-        events.push({ pos: BigInt(r.pos), ord: r.ord, ageMs: r.age_ms, segmentId: r.segment_id, event: r.event, memberId: r.member_id, row: r.row })
+      const page = await cursor.read(20) // a change holds up to 10,000 members
+      for (const c of page) {
+        const pos = BigInt(c.pos)
+        const skip = pos === from.pos ? from.ord : 0
+        const base = { pos, ageMs: c.age_ms, segmentId: c.segment_id, event: c.event }
+        if (c.ids === null) {
+          if (skip < 1) events.push({ ...base, ord: 1, memberId: null, row: null })
+        } else {
+          for (let i = skip; i < c.ids.length && events.length < limit; i++) {
+            events.push({ ...base, ord: i + 1, memberId: c.ids[i]!, row: c.rows?.[i] ?? null })
+          }
+        }
+        if (events.length >= limit) return events.slice(0, limit)
       }
-      if (page.length < 5000) break
+      if (page.length < 20) return events
     }
   } finally {
     await cursor.close()
   }
-  return events
 }
 
 export interface SegmentInfo { segment_id: string; name: string; table_name: string; id_type: string }
