@@ -1,8 +1,10 @@
 // Shared by the benchmarks: a database to run in (BENCH_DATABASE_URL, or a throwaway server
 // started like the tests' one), timing, and the JSON report every benchmark prints.
+import { readFileSync } from 'node:fs'
+import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { migrate } from '../src/migrate.js'
-import { startPostgres, type PgServer } from '../test/harness/servers.js'
+import { startMariadb, startPostgres, type PgServer } from '../test/harness/servers.js'
 
 export async function benchDatabase(): Promise<{ url: string; pool: pg.Pool; stop(): Promise<void> }> {
   let server: PgServer | undefined
@@ -36,3 +38,51 @@ export const median = (xs: number[]): number => {
 }
 
 export const round = (x: number, digits = 3): number => Number(x.toFixed(digits))
+
+// --- MariaDB for the delivery benchmark -------------------------------------------------------
+
+/** A MariaDB server (BENCH_MYSQL_URL, or a throwaway one started like the tests' one). */
+export async function benchMysql(): Promise<{ url: string; stop(): Promise<void> }> {
+  const url = process.env.BENCH_MYSQL_URL
+  if (url) return { url, async stop() {} }
+  // mariadb-install-db now and then fails when another install runs at the same moment (a clash
+  // on its temporary tables in /tmp); a second attempt gets a fresh directory.
+  let server: Awaited<ReturnType<typeof startMariadb>> | undefined
+  for (let attempt = 1; !server; attempt++) {
+    try {
+      server = await startMariadb()
+    } catch (e) {
+      if (attempt >= 3) throw e
+    }
+  }
+  return { url: server.url, async stop() { await server!.destroy() } }
+}
+
+/** A fresh database `name` on the MariaDB server at `serverUrl`: its URL and a connection to it. */
+export async function mysqlDatabase(serverUrl: string, name: string): Promise<{ url: string; conn: mysql.Connection }> {
+  const admin = await mysql.createConnection({ uri: serverUrl })
+  await admin.query(`drop database if exists \`${name}\``)
+  await admin.query(`create database \`${name}\` character set utf8mb4 collate utf8mb4_bin`)
+  await admin.end()
+  const u = new URL(serverUrl)
+  u.pathname = `/${name}`
+  const conn = await mysql.createConnection({ uri: u.toString(), multipleStatements: true, charset: 'utf8mb4', supportBigNumbers: true, bigNumberStrings: true })
+  return { url: u.toString(), conn }
+}
+
+/** A /proc/<pid>/status field in MB (VmRSS, VmHWM, …). */
+export function procStatusMb(pid: number, field: string): number | undefined {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) / 1024 : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Nearest-rank percentile of a sample (p in 0..100). */
+export const percentile = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!
+}
+

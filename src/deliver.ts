@@ -5,7 +5,7 @@ import type pg from 'pg'
 import type { Logger } from 'pino'
 import { compact, MEMBER_EVENTS, planFlush, toBatches, type Batch, type PendingEvent } from './batch.js'
 import { compileTemplate, type CompiledTemplate, type Dialect } from './render/index.js'
-import { loadMembers, loadSegments, loadSubscription, readPending, type SegmentInfo, type SubscriptionRow } from './read.js'
+import { loadMemberRows, loadSegments, loadSubscription, membersOf, readPending, type SegmentInfo, type SubscriptionRow } from './read.js'
 import { compareCheckpoints, isTransient, openSink, type Checkpoint, type ConsumerRow, type Sink } from './sinks/index.js'
 
 // Locks are (class, subscription id) pairs; this class keeps them apart from other tools' locks.
@@ -70,14 +70,15 @@ export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: 
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
       const batches = toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null)
       const segments = await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
+      const round: Round = { ctx, sink, sub, segments, members: await loadMemberRows(ctx.pool, segments, plan.flush) }
       for (const batch of batches) {
         if (shouldStop()) return { kind: 'idle' } // stop between batches: each committed whole with its checkpoint
         try {
-          await deliverBatch(ctx, sink, sub, segments.get(batch.segmentId), batch)
+          await deliverBatch(round, batch)
         } catch (error) {
           if (!isTransient(error)) throw error
           await dropSink(ctx, sub.subscription_id)
-          await record(ctx, sub, batch, 0, false, error, false)
+          await record(round, batch, 0, false, error, false)
           return { kind: 'retry', error }
         }
       }
@@ -123,12 +124,23 @@ function templateFor(ctx: DeliveryContext, sub: SubscriptionRow, event: Batch['e
   return t
 }
 
+/** What the batches of one flushed window share. */
+interface Round {
+  ctx: DeliveryContext
+  sink: Sink
+  sub: SubscriptionRow
+  segments: Map<string, SegmentInfo>
+  members: Awaited<ReturnType<typeof loadMemberRows>>
+}
+
 /**
  * Render and apply one batch. A rejection (not a connection problem) splits the batch in halves
  * until the rejected members stand alone; those are dead-lettered and the checkpoint passes them.
  * A statement over the target's size limit is split the same way before it is sent.
  */
-async function deliverBatch(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, segment: SegmentInfo | undefined, batch: Batch): Promise<void> {
+async function deliverBatch(round: Round, batch: Batch): Promise<void> {
+  const { ctx, sink, sub } = round
+  const segment = round.segments.get(batch.segmentId)
   const started = performance.now()
   let statement: string | null = null
   // Each step in its own try, so that only a failure of this batch's own statement splits it:
@@ -136,35 +148,35 @@ async function deliverBatch(ctx: DeliveryContext, sink: Sink, sub: SubscriptionR
   try {
     const template = batch.events.length > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
     if (template && segment) {
-      const members = MEMBER_EVENTS.has(batch.event) ? await loadMembers(ctx.pool, segment, batch.events) : []
+      const members = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.events, round.members) : []
       statement = template.render({ segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch: members })
     }
   } catch (error) {
-    if (isTransient(error)) throw error
     // A value this dialect cannot represent, or a field a member lacks: isolate it like a rejection.
-    return batch.events.length > 1 ? splitAndDeliver(ctx, sink, sub, segment, batch) : deadLetter(ctx, sink, sub, batch, statement, error)
+    return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
   if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
-    return splitAndDeliver(ctx, sink, sub, segment, batch)
+    return splitAndDeliver(round, batch)
   }
   try {
     await sink.apply(statement === null ? [] : [statement], sub.sync_key, batch.through)
   } catch (error) {
     if (isTransient(error)) throw error
-    return batch.events.length > 1 ? splitAndDeliver(ctx, sink, sub, segment, batch) : deadLetter(ctx, sink, sub, batch, statement, error)
+    return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
-  await record(ctx, sub, batch, performance.now() - started, true, undefined, true, statement === null ? 0 : 1)
+  await record(round, batch, performance.now() - started, true, undefined, true, statement === null ? 0 : 1)
 }
 
-async function splitAndDeliver(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, segment: SegmentInfo | undefined, batch: Batch): Promise<void> {
+async function splitAndDeliver(round: Round, batch: Batch): Promise<void> {
   const half = Math.ceil(batch.events.length / 2)
   const first = batch.events.slice(0, half)
   const last = first[first.length - 1]!
-  await deliverBatch(ctx, sink, sub, segment, { ...batch, events: first, through: { pos: last.pos, ord: last.ord } })
-  await deliverBatch(ctx, sink, sub, segment, { ...batch, events: batch.events.slice(half) })
+  await deliverBatch(round, { ...batch, events: first, through: { pos: last.pos, ord: last.ord } })
+  await deliverBatch(round, { ...batch, events: batch.events.slice(half) })
 }
 
-async function deadLetter(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, batch: Batch, statement: string | null, error: unknown): Promise<void> {
+async function deadLetter(round: Round, batch: Batch, statement: string | null, error: unknown): Promise<void> {
+  const { ctx, sink, sub } = round
   const e: PendingEvent | undefined = batch.events[0]
   const message = (error as Error)?.message ?? String(error)
   ctx.log.warn({ subscription: sub.name, event: batch.event, member: e?.memberId, err: message }, 'target rejected an event; dead-lettered')
@@ -175,7 +187,7 @@ async function deadLetter(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow
       [sub.subscription_id, e.pos.toString(), e.ord, e.segmentId, e.event, e.memberId, statement, message])
   }
   await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
-  await record(ctx, sub, batch, 0, false, error)
+  await record(round, batch, 0, false, error)
 }
 
 /** Log a round that failed before any batch (the target unreachable), so sync_stats counts it. */
@@ -185,7 +197,7 @@ async function recordFailure(ctx: DeliveryContext, sub: SubscriptionRow, error: 
 }
 
 /** Log the batch and, once the target has committed past it (`advanced`), move the home cursor. */
-async function record(ctx: DeliveryContext, sub: SubscriptionRow, batch: Batch, ms: number, ok: boolean, error?: unknown, advanced = true, statements = 0): Promise<void> {
+async function record({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, batch: Batch, ms: number, ok: boolean, error?: unknown, advanced = true, statements = 0): Promise<void> {
   ctx.onBatch?.(sub, batch, ok, ms)
   const to = advanced ? batch.through : { pos: BigInt(sub.cursor_pos), ord: sub.cursor_ord }
   await ctx.pool.query(

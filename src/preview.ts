@@ -4,7 +4,7 @@ import type pg from 'pg'
 import type { PendingEvent } from './batch.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { compileTemplate, type Dialect } from './render/index.js'
-import { loadMembers, loadSegments } from './read.js'
+import { loadMemberRows, loadSegments, membersOf } from './read.js'
 
 export interface Preview { subscription: string; segment: string; dialect: Dialect; members: number; statements: Record<string, string | null> }
 
@@ -21,7 +21,7 @@ export async function previewSubscription(pool: pg.Pool, subscription: string, s
       `select id::text as id from ${segment.table_name} where segment_id = $1 and actual_end = 'infinity' and id is not null order by id limit $2`,
       [segment.segment_id, sampleSize])
     const events: PendingEvent[] = sample.rows.map((r, i) => ({ pos: 0n, ord: i + 1, ageMs: 0, segmentId: segment.segment_id, event: 'add', memberId: r.id, row: null }))
-    const batch = await loadMembers(pool, segment, events)
+    const batch = membersOf(segment, events, await loadMemberRows(pool, segments, events))
     const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch }
     const statements: Record<string, string | null> = {}
     for (const key of ['add_sql', 'remove_sql', 'update_sql', 'clear_sql', 'segment_upsert_sql', 'segment_delete_sql']) {

@@ -85,8 +85,12 @@ test('the seed scenario end to end into MariaDB', async (t) => {
 
   await home.query(`insert into test_segment (segment_id, id, customid) select $1, g::text, 'c' || g from generate_series(1, 10000) g`, [id])
   await until('10,000 members', async () => Number((await target.query('select count(*) as n from mysegment'))[0].n) === 10000)
-  const stats = await home.query(`select event, sum(rows)::int as rows, count(*)::int as batches, max(rows)::int as biggest
-    from segmenter.log where kind = 'batch' and ok and event = 'add' group by event`)
+  // The log row of a batch is written just after the target commits it: wait for the last one.
+  const stats = await until('the batches logged', async () => {
+    const rows = await home.query(`select event, sum(rows)::int as rows, count(*)::int as batches, max(rows)::int as biggest
+      from segmenter.log where kind = 'batch' and ok and event = 'add' group by event`)
+    return rows[0]?.rows === 10000 && rows
+  })
   assert.deepEqual(stats, [{ event: 'add', rows: 10000, batches: 10, biggest: 1000 }])
 
   await home.query(`update test_segment set actual_end = now() where id::int <= 1000`)
