@@ -101,6 +101,9 @@ create table segmenter.changes (
   segment_id uuid not null,
   event segmenter.event not null,
   ids text[],
+  -- cardinality(ids), or 1 for a segment-level event: counting pending members must not detoast
+  -- every array (status and metrics read it constantly).
+  members int not null default 1,
   rows jsonb,
   -- Set for changes that belong to one subscription only (the rows a resync emits).
   subscription_id bigint,
@@ -231,8 +234,8 @@ language plpgsql set work_mem = '64MB' as $$
 declare touched uuid[];
 begin
   with ins as (
-    insert into segmenter.changes (segment_id, event, ids)
-    select segment_id, 'add', array_agg(member)
+    insert into segmenter.changes (segment_id, event, ids, members)
+    select segment_id, 'add', array_agg(member), count(*)
     from (select segment_id, id::text as member, (row_number() over () - 1) / 10000 as chunk
           from new_rows where actual_end = 'infinity' and id is not null) r
     group by segment_id, chunk
@@ -258,8 +261,8 @@ declare
 begin
   if not exists (select 1 from new_rows where actual_end = 'infinity' and id is not null) then
     with ins as (
-      insert into segmenter.changes (segment_id, event, ids)
-      select segment_id, 'remove', array_agg(member)
+      insert into segmenter.changes (segment_id, event, ids, members)
+      select segment_id, 'remove', array_agg(member), count(*)
       from (select segment_id, id::text as member, (row_number() over () - 1) / 10000 as chunk
             from old_rows where actual_end = 'infinity' and id is not null
               and segment_id is distinct from clearing) r
@@ -281,8 +284,8 @@ begin
            where orow.actual_end = 'infinity' and nr.actual_end = 'infinity'
              and segmenter._attributes(to_jsonb(orow)) is distinct from segmenter._attributes(to_jsonb(nr))),
          ins as (
-           insert into segmenter.changes (segment_id, event, ids)
-           select segment_id, event, array_agg(member)
+           insert into segmenter.changes (segment_id, event, ids, members)
+           select segment_id, event, array_agg(member), count(*)
            from (select e.*, (row_number() over () - 1) / 10000 as chunk from e
                  where not (e.event = 'remove' and e.segment_id is not distinct from clearing)) r
            group by segment_id, event, chunk
@@ -305,8 +308,8 @@ language plpgsql set work_mem = '64MB' as $$
 declare touched uuid[];
 begin
   with ins as (
-    insert into segmenter.changes (segment_id, event, ids, rows)
-    select segment_id, 'remove', array_agg(member), jsonb_agg(row)
+    insert into segmenter.changes (segment_id, event, ids, members, rows)
+    select segment_id, 'remove', array_agg(member), count(*), jsonb_agg(row)
     from (select segment_id, id::text as member, to_jsonb(r) as row, (row_number() over () - 1) / 10000 as chunk
           from old_rows r where actual_end = 'infinity' and id is not null) d
     group by segment_id, chunk
@@ -837,8 +840,8 @@ begin
              from (select m.*, (row_number() over () - 1) / 10000 as chunk from (%s) m) mm
              group by segment_id, chunk),
          numbered as (select r.*, row_number() over (order by k, segment_id, chunk) as rn from snapshot_rows r)
-    insert into segmenter.changes (pos, segment_id, event, ids, subscription_id)
-    select (select p from base) + (select count(*) from sequenced) + rn, segment_id, event, ids, $3
+    insert into segmenter.changes (pos, segment_id, event, ids, members, subscription_id)
+    select (select p from base) + (select count(*) from sequenced) + rn, segment_id, event, ids, coalesce(cardinality(ids), 1), $3
     from numbered order by rn
     returning pos$q$, coalesce(members, 'select null::uuid, null::text where false'))
   using s.segment_ids, with_clear, sub_id;
@@ -957,11 +960,11 @@ select s.name as subscription, s.subscription_id, s.state, c.name as consumer,
 from segmenter.subscriptions s
 join segmenter.consumers c using (consumer_id)
 left join lateral (
-  select sum(coalesce(cardinality(ch.ids), 1) - case when ch.pos = s.cursor_pos then s.cursor_ord else 0 end) as pending, min(ch.at) as oldest
+  select sum(ch.members - case when ch.pos = s.cursor_pos then s.cursor_ord else 0 end) as pending, min(ch.at) as oldest
   from segmenter.changes ch
   where ch.segment_id = any(s.segment_ids)
     and (ch.subscription_id is null or ch.subscription_id = s.subscription_id)
-    and (ch.pos is null or ch.pos > s.cursor_pos or (ch.pos = s.cursor_pos and coalesce(cardinality(ch.ids), 1) > s.cursor_ord))
+    and (ch.pos is null or ch.pos > s.cursor_pos or (ch.pos = s.cursor_pos and ch.members > s.cursor_ord))
     and (s.resync_pos is null or ch.pos is null or ch.pos >= s.resync_pos or s.cursor_pos >= s.resync_pos)
 ) p on true
 left join lateral (

@@ -39,21 +39,23 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
 // return 10,000 of them took 790 ms with 1M pending).
 const CHANGES_SQL = `
   select c.pos, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
-         c.segment_id, c.event, c.ids, c.rows
+         c.segment_id, c.event, c.ids, c.members, c.rows
   from segmenter.changes c
   where c.pos >= $3 and c.segment_id = any($1::uuid[])
     and (c.subscription_id is null or c.subscription_id = $2)
   order by c.pos`
 
-interface ChangeRow { pos: string; age_ms: number; segment_id: string; event: EventType; ids: string[] | null; rows: Array<Record<string, unknown>> | null }
+interface ChangeRow { pos: string; age_ms: number; segment_id: string; event: EventType; ids: string[] | null; members: number; rows: Array<Record<string, unknown>> | null }
 
 /** Up to `limit` events after `from`, in position order, read through a cursor a few changes at a time. */
 export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
   const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()]))
   const events: PendingEvent[] = []
   try {
-    for (;;) {
-      const page = await cursor.read(20) // a change holds up to 10,000 members
+    for (let pageSize = 1; ; ) {
+      // Fetch about as many changes as the window still needs: one change can hold 10,000
+      // members, and fetching more than needed parses arrays only to drop them.
+      const page = await cursor.read(pageSize)
       for (const c of page) {
         const pos = BigInt(c.pos)
         const skip = pos === from.pos ? from.ord : 0
@@ -67,7 +69,9 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
         }
         if (events.length >= limit) return events.slice(0, limit)
       }
-      if (page.length < 20) return events
+      if (page.length < pageSize) return events
+      const perChange = Math.max(1, ...page.map((c) => c.members))
+      pageSize = Math.min(1000, Math.max(1, Math.ceil((limit - events.length) / perChange)))
     }
   } finally {
     await cursor.close()

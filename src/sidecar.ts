@@ -115,7 +115,7 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
        where s.state = 'active' and exists (
          select 1 from segmenter.changes c
          where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
-           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and coalesce(cardinality(c.ids), 1) > s.cursor_ord)))`)
+           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and c.members > s.cursor_ord)))`)
     // Waiting subscriptions are re-evaluated too: new changes may have completed their batch.
     for (const r of rows) due.add(r.subscription_id)
   }
