@@ -51,6 +51,9 @@ export function planFlush(pending: PendingEvent[], batchSize: number, timeoutMs:
  * earlier add/update, a remove absorbs an earlier update. A clear or segment_delete is a barrier.
  */
 export function compact(events: PendingEvent[]): PendingEvent[] {
+  // Only a remove or an update can cancel or fold into something; a window of adds and
+  // segment-level events (a bulk load, a resync) stays as it is.
+  if (!events.some((e) => e.event === 'remove' || e.event === 'update')) return events
   const out: Array<PendingEvent | null> = []
   const stacks = new Map<string, number[]>() // member -> indexes in `out` of its surviving events
   for (const e of events) {
