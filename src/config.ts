@@ -18,9 +18,11 @@ export interface Config {
   httpHost: string
   /** Where the embedded Postgres keeps its data when DATABASE_URL is not set. (Default: ./.segmenter) */
   dataDir: string
+  /** The embedded Postgres' port. (Default: 54329) */
+  embeddedPort: number
 }
 
-export const defaults = { refreshIntervalMs: 10_000, pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter' } satisfies Partial<Config>
+export const defaults = { refreshIntervalMs: 10_000, pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter', embeddedPort: 54329 } satisfies Partial<Config>
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
@@ -32,6 +34,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     httpPort: env.SEGMENTER_HTTP_PORT ? Number(env.SEGMENTER_HTTP_PORT) : defaults.httpPort,
     httpHost: env.SEGMENTER_HTTP_HOST ?? defaults.httpHost,
     dataDir: env.SEGMENTER_DATA_DIR ?? defaults.dataDir,
+    embeddedPort: env.SEGMENTER_EMBEDDED_PORT ? Number(env.SEGMENTER_EMBEDDED_PORT) : defaults.embeddedPort,
   }
   assert(Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10, `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`)
   assert(Number.isInteger(config.concurrency) && config.concurrency >= 1, `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`)

@@ -81,3 +81,22 @@ test('the TS API is the SQL API: same effects, SQL errors as SegmenterError with
   await assert.rejects(api.createSubscription(home.pool, { name: 's2', consumer: 'c', segments: [], addSql: 'x', removeSql: 'y' }),
     (err: unknown) => err instanceof SegmenterError && err.sqlState === 'SG012' && err.code === 'CONFIG_INVALID')
 })
+
+test('without DATABASE_URL every command uses the embedded PostgreSQL, migrated, with data kept', async (t) => {
+  const { mkdtemp, rm, stat } = await import('node:fs/promises')
+  const { tmpdir } = await import('node:os')
+  const { freePort } = await import('./harness/servers.js')
+  const dir = await mkdtemp(`${tmpdir()}/segmenter-embedded-`)
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const env = { DATABASE_URL: '', SEGMENTER_DATA_DIR: dir, SEGMENTER_EMBEDDED_PORT: String(await freePort()), SEGMENTER_LOG_LEVEL: 'warn' }
+  const migrated = await cli(['migrate', '--json'], env)
+  assert.equal(migrated.code, 0, migrated.stderr)
+  assert.match(migrated.stderr, /DATABASE_URL is not set; using the embedded PostgreSQL/)
+  assert.deepEqual(JSON.parse(migrated.stdout), { applied: [] }, 'migrated when it started')
+  assert.ok((await stat(`${dir}/pgdata/PG_VERSION`)).isFile())
+  const status = await cli(['status', '--json'], env)
+  assert.equal(status.code, 0, status.stderr)
+  assert.deepEqual(JSON.parse(status.stdout), [])
+  const once = await cli(['run', '--once'], env)
+  assert.equal(once.code, 0, once.stderr)
+})
