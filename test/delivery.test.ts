@@ -6,6 +6,7 @@ import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar, type Sidecar } from '../src/sidecar.js'
 import { freshMysql, freshPg, type FreshMysql, type FreshPg } from './harness/db.js'
+import { sleep, until } from './harness/wait.js'
 
 const SEGMENT_DDL = `
   create table public.test_segment (
@@ -40,16 +41,6 @@ LIMIT 1`,
 }
 
 const silent = pino({ level: 'silent' })
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn()
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(50)
-  }
-}
 
 interface Env { home: FreshPg; target: FreshMysql; sidecar: Sidecar; env: NodeJS.ProcessEnv }
 async function setup(pollIntervalMs = 200): Promise<Env> {

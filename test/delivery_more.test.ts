@@ -13,25 +13,10 @@ import { createPool } from '../src/db.js'
 import { migrate } from '../src/migrate.js'
 import { startSidecar, type Sidecar } from '../src/sidecar.js'
 import { freshMariadbServer, freshMysql, freshPg, freshPgServer, type FreshMysql, type FreshPg } from './harness/db.js'
+import { deferrer, sleep, until } from './harness/wait.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const silent = pino({ level: 'silent' })
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn().catch(() => undefined)
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(50)
-  }
-}
-/** Cleanups run last-in first-out (node's t.after runs hooks first-in first-out). */
-function deferrer(t: { after(fn: () => Promise<void>): void }) {
-  const fns: Array<() => Promise<unknown> | unknown> = []
-  t.after(async () => { for (const f of fns.reverse()) await f() })
-  return (fn: () => Promise<unknown> | unknown) => { fns.push(fn) }
-}
 
 const SEGMENT_DDL = `
   create table public.test_segment (

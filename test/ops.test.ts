@@ -8,17 +8,8 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { chromium } from 'playwright-core'
 import { freshMysql, freshPg } from './harness/db.js'
+import { sleep, until } from './harness/wait.js'
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn().catch(() => undefined)
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(100)
-  }
-}
 
 test('segmenter run serves health, readiness, metrics and a status page with the sync chart', async (t) => {
   const home = await freshPg()

@@ -7,23 +7,8 @@ import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar } from '../src/sidecar.js'
 import { freshMariadbServer, freshMysql, freshPg } from './harness/db.js'
+import { deferrer, sleep, until } from './harness/wait.js'
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const v = await fn().catch(() => undefined)
-    if (v) return v
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await sleep(50)
-  }
-}
-/** Cleanups run last-in first-out (node's t.after runs hooks first-in first-out). */
-function deferrer(t: { after(fn: () => Promise<void>): void }) {
-  const fns: Array<() => Promise<unknown> | unknown> = []
-  t.after(async () => { for (const f of fns.reverse()) await f() })
-  return (fn: () => Promise<unknown> | unknown) => { fns.push(fn) }
-}
 const DDL = `create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
   actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
   create index on seg (segment_id, id);`
@@ -51,7 +36,7 @@ test('kill -9 of the sidecar during a 100,000-member delivery: nothing lost, not
   for (const threshold of [5_000, 25_000, 45_000, 65_000]) {
     const child = run()
     const exited = new Promise((r) => child.once('exit', r))
-    await until(`${threshold} rows`, async () => (await count()) >= threshold)
+    await until(`${threshold} rows`, async () => (await count()) >= threshold, 120_000)
     child.kill('SIGKILL')
     await exited
     kills++
@@ -59,7 +44,7 @@ test('kill -9 of the sidecar during a 100,000-member delivery: nothing lost, not
   }
   const child = run()
   defer(() => child.kill('SIGKILL'))
-  await until('all rows', async () => (await count()) >= 100_000)
+  await until('all rows', async () => (await count()) >= 100_000, 180_000)
   await sleep(500)
   const [row] = await target.query('select count(*) as n, count(distinct member) as d from members')
   assert.equal(kills, 4)
