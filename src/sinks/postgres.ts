@@ -11,8 +11,15 @@ export async function openPostgresSink(url: string, dialect: Dialect, options: {
   const client = new pg.Client({ connectionString: url })
   client.on('error', () => {}) // surfaced by the next query instead of crashing the sidecar
   await client.connect()
-  await client.query(`create table if not exists ${ident} (
-    sync_key text primary key, pos bigint not null, ord int not null, updated_at timestamptz not null default now())`)
+  try {
+    await client.query(`create table if not exists ${ident} (
+      sync_key text primary key, pos bigint not null, ord int not null, updated_at timestamptz not null default now())`)
+  } catch (err) {
+    // Two sinks creating it at the same moment: IF NOT EXISTS does not cover the race, and the
+    // loser sees a unique violation on the catalog (23505) or duplicate_table (42P07). Either way
+    // the table now exists.
+    if (!['23505', '42P07'].includes((err as { code?: string }).code ?? '')) throw err
+  }
   return {
     dialect,
     maxStatementBytes: 512 * 1024 * 1024, // Postgres caps a query message at 1 GB
