@@ -1,6 +1,6 @@
 # Targets are documented by their `## ` comment; `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help install typecheck test test-one demo bench clean
+.PHONY: help install typecheck format test test-one demo bench clean
 
 help: ## list targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -12,8 +12,12 @@ node_modules/.package-lock.json: package-lock.json
 	npm ci
 	@touch $@
 
-typecheck: install ## type-check everything with tsc
+typecheck: install ## type-check everything with tsc, and check the formatting
 	npx tsc --noEmit -p tsconfig.json
+	npx prettier --check "src/**/*.ts" "test/**/*.ts" "bench/**/*.ts"
+
+format: install ## format the TypeScript sources with prettier
+	npx prettier --write "src/**/*.ts" "test/**/*.ts" "bench/**/*.ts"
 
 test: install typecheck ## run all tests against throwaway Postgres + MariaDB servers
 	node --import tsx test/run.ts

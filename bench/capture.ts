@@ -23,11 +23,15 @@ const segmentId: string = rows[0].id
 await q(`select segmenter.create_consumer('bench', 'mysql', 'mysql', 'BENCH_URL')`)
 await q(`select segmenter.create_subscription('bench', 'bench', array['bench'], 'select 1', 'select 1')`)
 
-const insert = (table: string) => q(`insert into ${table} (segment_id, id, hash_email, hash_phone)
+const insert = (table: string) =>
+  q(`insert into ${table} (segment_id, id, hash_email, hash_phone)
   select '${segmentId}', 'member-' || g, md5(g::text), md5((g * 7)::text) from generate_series(1, ${members}) g`)
 const update = (table: string) => q(`update ${table} set actual_end = now()`)
 
-const times = { insert: { plain: [] as number[], registered: [] as number[] }, update: { plain: [] as number[], registered: [] as number[] } }
+const times = {
+  insert: { plain: [] as number[], registered: [] as number[] },
+  update: { plain: [] as number[], registered: [] as number[] },
+}
 for (let r = 0; r < rounds; r++) {
   const order = r % 2 === 0 ? (['plain', 'registered'] as const) : (['registered', 'plain'] as const)
   for (const kind of order) {
@@ -44,7 +48,9 @@ for (let r = 0; r < rounds; r++) {
     times.update[kind].push(await timed(() => update(table)))
   }
 }
-const captured = await q(`select event, sum(cardinality(ids))::bigint as n from segmenter.changes where subscription_id is null and ids is not null group by event order by event`)
+const captured = await q(
+  `select event, sum(cardinality(ids))::bigint as n from segmenter.changes where subscription_id is null and ids is not null group by event order by event`,
+)
 const report = {
   benchmark: 'capture',
   members,

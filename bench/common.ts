@@ -55,7 +55,12 @@ export async function benchMysql(): Promise<{ url: string; stop(): Promise<void>
       if (attempt >= 3) throw e
     }
   }
-  return { url: server.url, async stop() { await server!.destroy() } }
+  return {
+    url: server.url,
+    async stop() {
+      await server!.destroy()
+    },
+  }
 }
 
 /** A fresh database `name` on the MariaDB server at `serverUrl`: its URL and a connection to it. */
@@ -66,7 +71,13 @@ export async function mysqlDatabase(serverUrl: string, name: string): Promise<{ 
   await admin.end()
   const u = new URL(serverUrl)
   u.pathname = `/${name}`
-  const conn = await mysql.createConnection({ uri: u.toString(), multipleStatements: true, charset: 'utf8mb4', supportBigNumbers: true, bigNumberStrings: true })
+  const conn = await mysql.createConnection({
+    uri: u.toString(),
+    multipleStatements: true,
+    charset: 'utf8mb4',
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+  })
   return { url: u.toString(), conn }
 }
 
@@ -85,4 +96,3 @@ export const percentile = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!
 }
-

@@ -30,7 +30,8 @@ process.env.BENCH_TARGET_URL = target.url
 const ADD = (table: string) => `INSERT INTO ${table} (segId, clientId, email, updated) VALUES
 {for $index, $lead = $batch}({segment_id}, {$lead.id}, {$lead.hash_email}, NOW(6)){autocomma}{end}`
 const REMOVE = (table: string) => `DELETE FROM ${table} WHERE segId = {segment_id} AND clientId IN ({batch_in "id"})`
-const targetTable = (table: string) => target.conn.query(`create table ${table} (segId varchar(36) not null, clientId varchar(255) not null,
+const targetTable = (table: string) =>
+  target.conn.query(`create table ${table} (segId varchar(36) not null, clientId varchar(255) not null,
   email varchar(64), updated datetime(6), key (segId, clientId)) engine=InnoDB`)
 const count = async (table: string) => Number(((await target.conn.query(`select count(*) as n from ${table}`)) as any)[0][0].n)
 
@@ -41,8 +42,11 @@ async function segment(name: string): Promise<string> {
   return (await q(`select segmenter.create_segment($1::text, $2::regclass) as id`, [name, name])).rows[0].id
 }
 async function subscribe(name: string, seg: string, table: string, batchSize: number): Promise<string> {
-  await q(`select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array[$2], syntax => 'altcraft',
-    add_sql => $3, remove_sql => $4, batch_size => $5)`, [name, seg, ADD(table), REMOVE(table), batchSize])
+  await q(
+    `select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array[$2], syntax => 'altcraft',
+    add_sql => $3, remove_sql => $4, batch_size => $5)`,
+    [name, seg, ADD(table), REMOVE(table), batchSize],
+  )
   return (await q(`select subscription_id from segmenter.subscriptions where name = $1`, [name])).rows[0].subscription_id
 }
 /** Wait until the subscription has nothing pending (its cursor moves only after the target commits). */
@@ -63,7 +67,8 @@ await targetTable('raw_members')
 const rawStart = performance.now()
 for (let first = 1; first <= members; first += batch) {
   const values: string[] = []
-  for (let g = first; g < first + batch && g <= members; g++) values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
+  for (let g = first; g < first + batch && g <= members; g++)
+    values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
   await target.conn.query(`start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`)
 }
 const rawMs = performance.now() - rawStart
@@ -76,7 +81,10 @@ const pool = createPool(home.url)
 const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 200, env: process.env })
 await drained(subThroughput)
 const pipeStart = performance.now()
-await q(`insert into bench_members (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`, [segThroughput, members])
+await q(
+  `insert into bench_members (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
+  [segThroughput, members],
+)
 const commitMs = performance.now() - pipeStart
 await drained(subThroughput)
 const pipeMs = performance.now() - pipeStart
@@ -91,10 +99,15 @@ await drained(subLatency)
 const latencies: number[] = []
 for (let i = 0; i < latencyCommits; i++) {
   await q(`insert into bench_latency (segment_id, id) values ($1, $2)`, [segLatency, `l${i}`])
-  const committed = Date.now() + performance.now() % 1 // ms, sub-ms part from the monotonic clock
+  const committed = Date.now() + (performance.now() % 1) // ms, sub-ms part from the monotonic clock
   for (;;) {
-    const [rows] = (await target.conn.query(`select unix_timestamp(updated) * 1000 as at from latency where clientId = ?`, [`l${i}`])) as any
-    if (rows.length > 0) { latencies.push(Number(rows[0].at) - committed); break }
+    const [rows] = (await target.conn.query(`select unix_timestamp(updated) * 1000 as at from latency where clientId = ?`, [
+      `l${i}`,
+    ])) as any
+    if (rows.length > 0) {
+      latencies.push(Number(rows[0].at) - committed)
+      break
+    }
     await sleep(1)
   }
 }
@@ -106,7 +119,9 @@ progress(`resync of ${members} members in a child sidecar`)
 await q(`select segmenter.drop_subscription('latency'), segmenter.drop_subscription('throughput')`)
 await target.conn.query(`truncate members`)
 const child = spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-  cwd: ROOT, env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' }, stdio: ['ignore', 'ignore', 'inherit'],
+  cwd: ROOT,
+  env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
+  stdio: ['ignore', 'ignore', 'inherit'],
 })
 await sleep(3000)
 const idleMb = procStatusMb(child.pid!, 'VmRSS')
@@ -120,20 +135,39 @@ child.kill('SIGTERM')
 await new Promise((r) => child.once('exit', r))
 if ((await count('members')) !== members) throw new Error('resync lost or duplicated rows')
 
-console.log(JSON.stringify({
-  benchmark: 'delivery',
-  members,
-  batch_size: batch,
-  throughput: {
-    raw_rows_per_s: Math.round(members / (rawMs / 1000)),
-    pipeline_rows_per_s: Math.round(members / (pipeMs / 1000)),
-    ratio: round((members / pipeMs) / (members / rawMs), 2),
-    target_ratio: 0.8,
-    home_insert_commit_ms: Math.round(commitMs),
-  },
-  latency_ms: { commits: latencyCommits, p50: round(percentile(latencies, 50), 1), p95: round(percentile(latencies, 95), 1), p99: round(percentile(latencies, 99), 1), target_p50: 20, target_p99: 100 },
-  resync: { members, rows_per_s: Math.round(members / (resyncMs / 1000)), idle_rss_mb: round(idleMb ?? NaN, 0), peak_rss_mb: round(peakMb ?? NaN, 0), target_peak_rss_mb: 250 },
-}, null, 2))
+console.log(
+  JSON.stringify(
+    {
+      benchmark: 'delivery',
+      members,
+      batch_size: batch,
+      throughput: {
+        raw_rows_per_s: Math.round(members / (rawMs / 1000)),
+        pipeline_rows_per_s: Math.round(members / (pipeMs / 1000)),
+        ratio: round(members / pipeMs / (members / rawMs), 2),
+        target_ratio: 0.8,
+        home_insert_commit_ms: Math.round(commitMs),
+      },
+      latency_ms: {
+        commits: latencyCommits,
+        p50: round(percentile(latencies, 50), 1),
+        p95: round(percentile(latencies, 95), 1),
+        p99: round(percentile(latencies, 99), 1),
+        target_p50: 20,
+        target_p99: 100,
+      },
+      resync: {
+        members,
+        rows_per_s: Math.round(members / (resyncMs / 1000)),
+        idle_rss_mb: round(idleMb ?? NaN, 0),
+        peak_rss_mb: round(peakMb ?? NaN, 0),
+        target_peak_rss_mb: 250,
+      },
+    },
+    null,
+    2,
+  ),
+)
 await target.conn.end()
 await maria.stop()
 await home.stop()

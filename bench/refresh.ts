@@ -20,25 +20,33 @@ await q(`create table bench_seg (
   processed timestamp not null default now(), constraint bench_seg_id_key unique (id));
   create index on bench_seg using btree(id);`)
 await q('create table bench_src (id text, hash_email text, hash_phone text)')
-const segmentId: string = (await q(`select segmenter.create_segment('bench', 'bench_seg', 'auto',
-  'select id, hash_email, hash_phone from bench_src') as id`)).rows[0].id
+const segmentId: string = (
+  await q(`select segmenter.create_segment('bench', 'bench_seg', 'auto',
+  'select id, hash_email, hash_phone from bench_src') as id`)
+).rows[0].id
 await q(`select segmenter.create_consumer('bench', 'mysql', 'mysql', 'BENCH_URL')`)
 await q(`select segmenter.create_subscription('bench', 'bench', array['bench'], 'select 1', 'select 1')`)
 
 // Before: members 1..N current, 2N+1..2N+reenter closed. After: the first `churn` members leave,
 // every 100th stayer changes its email, N+1..N+churn-reenter are new, the closed ones re-enter.
 await q('create table bench_base (like bench_seg)')
-await q(`insert into bench_base
+await q(
+  `insert into bench_base
   select $1::uuid as segment_id, g::text as id, md5(g::text)::varchar as hash_email, md5((g * 7)::text)::varchar as hash_phone,
          (now() - interval '2 days')::timestamp as actual_begin, 'infinity'::timestamp as actual_end, (now() - interval '2 days')::timestamp as processed
   from generate_series(1, $2) g
   union all
   select $1, g::text, md5(g::text), md5((g * 7)::text), now() - interval '3 days', now() - interval '2 days', now() - interval '2 days'
-  from generate_series(2 * $2 + 1, 2 * $2 + $3) g`, [segmentId, members, reenter])
-await q(`insert into bench_src
+  from generate_series(2 * $2 + 1, 2 * $2 + $3) g`,
+  [segmentId, members, reenter],
+)
+await q(
+  `insert into bench_src
   select g::text, case when g % 100 = 0 then 'changed' else md5(g::text) end, md5((g * 7)::text) from generate_series($3 + 1, $1) g
   union all select g::text, md5(g::text), md5((g * 7)::text) from generate_series($1 + 1, $1 + $3 - $2) g
-  union all select g::text, md5(g::text), md5((g * 7)::text) from generate_series(2 * $1 + 1, 2 * $1 + $2) g`, [members, reenter, churn])
+  union all select g::text, md5(g::text), md5((g * 7)::text) from generate_series(2 * $1 + 1, 2 * $1 + $2) g`,
+  [members, reenter, churn],
+)
 await q('analyze bench_src')
 
 async function reset(): Promise<void> {
@@ -55,7 +63,8 @@ async function reset(): Promise<void> {
 type Variant = 'capture' | 'no_capture' | 'naive_capture' | 'naive_no_capture'
 const variants: Variant[] = ['capture', 'no_capture', 'naive_capture', 'naive_no_capture']
 const times: Record<Variant, number[]> = { capture: [], no_capture: [], naive_capture: [], naive_no_capture: [] }
-const naive = () => q(`begin;
+const naive = () =>
+  q(`begin;
   delete from bench_seg where segment_id = '${segmentId}';
   insert into bench_seg (segment_id, id, hash_email, hash_phone, actual_begin, actual_end, processed)
     select '${segmentId}', id, hash_email, hash_phone, now(), 'infinity', now() from bench_src;
@@ -71,12 +80,20 @@ for (let r = 0; r < rounds; r++) {
     if (!capture) await q('alter table bench_seg disable trigger user')
     if (v.startsWith('naive')) times[v].push(await timed(naive))
     else {
-      times[v].push(await timed(async () => { counts = (await q(`select segmenter.refresh('bench') as r`)).rows[0].r }))
+      times[v].push(
+        await timed(async () => {
+          counts = (await q(`select segmenter.refresh('bench') as r`)).rows[0].r
+        }),
+      )
       if (counts.ok !== true) throw new Error(`refresh failed: ${JSON.stringify(counts)}`)
     }
     if (!capture) await q('alter table bench_seg enable trigger user')
     if (v === 'capture') {
-      const rows = (await q(`select event::text, sum(cardinality(ids))::bigint as n from segmenter.changes where ids is not null group by event order by event`)).rows
+      const rows = (
+        await q(
+          `select event::text, sum(cardinality(ids))::bigint as n from segmenter.changes where ids is not null group by event order by event`,
+        )
+      ).rows
       events = Object.fromEntries(rows.map((x) => [x.event, Number(x.n)]))
     }
   }
@@ -84,20 +101,26 @@ for (let r = 0; r < rounds; r++) {
 
 const ms = (v: Variant) => round(median(times[v]), 0)
 const { duration_ms: _d, ...lastCounts } = counts
-console.log(JSON.stringify({
-  benchmark: 'refresh',
-  members,
-  rounds,
-  counts: lastCounts,
-  capture_events: events,
-  refresh_ms: { capture: ms('capture'), no_capture: ms('no_capture') },
-  naive_ms: { capture: ms('naive_capture'), no_capture: ms('naive_no_capture') },
-  capture_ratio: round(median(times.capture) / median(times.no_capture), 2),
-  target_ratio: 1.3,
-  naive_vs_refresh: {
-    with_capture: round(median(times.naive_capture) / median(times.capture), 2),
-    without_capture: round(median(times.naive_no_capture) / median(times.no_capture), 2),
-  },
-  all_ms: Object.fromEntries(variants.map((v) => [v, times[v].map((x) => round(x, 0))])),
-}, null, 2))
+console.log(
+  JSON.stringify(
+    {
+      benchmark: 'refresh',
+      members,
+      rounds,
+      counts: lastCounts,
+      capture_events: events,
+      refresh_ms: { capture: ms('capture'), no_capture: ms('no_capture') },
+      naive_ms: { capture: ms('naive_capture'), no_capture: ms('naive_no_capture') },
+      capture_ratio: round(median(times.capture) / median(times.no_capture), 2),
+      target_ratio: 1.3,
+      naive_vs_refresh: {
+        with_capture: round(median(times.naive_capture) / median(times.capture), 2),
+        without_capture: round(median(times.naive_no_capture) / median(times.no_capture), 2),
+      },
+      all_ms: Object.fromEntries(variants.map((v) => [v, times[v].map((x) => round(x, 0))])),
+    },
+    null,
+    2,
+  ),
+)
 await db.stop()

@@ -24,10 +24,13 @@ export interface SegmentDefinition {
   readySql?: string | null
 }
 
-export const createSegment = (db: Db, s: SegmentDefinition) => call<string>(db,
-  `select segmenter.create_segment(name => $1::text, table_name => $2::regclass, kind => $3::text, refresh_sql => $4::text,
+export const createSegment = (db: Db, s: SegmentDefinition) =>
+  call<string>(
+    db,
+    `select segmenter.create_segment(name => $1::text, table_name => $2::regclass, kind => $3::text, refresh_sql => $4::text,
      refresh_cron => $5::text, sources => $6::regclass[], ready_sql => $7::text) as result`,
-  [s.name, s.tableName, s.kind ?? 'manual', s.refreshSql ?? null, s.refreshCron ?? null, s.sources ?? null, s.readySql ?? null])
+    [s.name, s.tableName, s.kind ?? 'manual', s.refreshSql ?? null, s.refreshCron ?? null, s.sources ?? null, s.readySql ?? null],
+  )
 
 export const retireSegment = (db: Db, name: string) => call<void>(db, 'select segmenter.retire_segment(name => $1::text) as result', [name])
 export const addMembers = async (db: Db, segment: string, ids: string[]) =>
@@ -37,14 +40,34 @@ export const removeMembers = async (db: Db, segment: string, ids: string[]) =>
 export const clearSegment = async (db: Db, segment: string) =>
   Number(await call<string>(db, 'select segmenter.clear_segment(segment => $1::text) as result', [segment]))
 export const refreshSegment = (db: Db, segment: string) =>
-  call<{ ok: boolean; added: number; removed: number; reentered: number; updated: number; unchanged: number; duration_ms: number; error?: string }>(
-    db, 'select segmenter.refresh(segment => $1::text) as result', [segment])
-export const markLoaded = (db: Db, source: string) => call<void>(db, 'select segmenter.mark_loaded(source => $1::regclass) as result', [source])
+  call<{
+    ok: boolean
+    added: number
+    removed: number
+    reentered: number
+    updated: number
+    unchanged: number
+    duration_ms: number
+    error?: string
+  }>(db, 'select segmenter.refresh(segment => $1::text) as result', [segment])
+export const markLoaded = (db: Db, source: string) =>
+  call<void>(db, 'select segmenter.mark_loaded(source => $1::regclass) as result', [source])
 
-export interface ConsumerDefinition { name: string; kind: 'mysql' | 'postgres'; dialect: string; dsnEnv: string; options?: Record<string, unknown> }
-export const createConsumer = async (db: Db, c: ConsumerDefinition) => String(await call<string>(db,
-  `select segmenter.create_consumer(name => $1::text, kind => $2::text, dialect => $3::text, dsn_env => $4::text, options => $5::jsonb) as result`,
-  [c.name, c.kind, c.dialect, c.dsnEnv, JSON.stringify(c.options ?? {})]))
+export interface ConsumerDefinition {
+  name: string
+  kind: 'mysql' | 'postgres'
+  dialect: string
+  dsnEnv: string
+  options?: Record<string, unknown>
+}
+export const createConsumer = async (db: Db, c: ConsumerDefinition) =>
+  String(
+    await call<string>(
+      db,
+      `select segmenter.create_consumer(name => $1::text, kind => $2::text, dialect => $3::text, dsn_env => $4::text, options => $5::jsonb) as result`,
+      [c.name, c.kind, c.dialect, c.dsnEnv, JSON.stringify(c.options ?? {})],
+    ),
+  )
 
 export interface SubscriptionDefinition {
   name: string
@@ -63,16 +86,38 @@ export interface SubscriptionDefinition {
   audience?: string | null
   description?: string | null
 }
-export const createSubscription = async (db: Db, s: SubscriptionDefinition) => String(await call<string>(db,
-  `select segmenter.create_subscription(name => $1::text, consumer => $2::text, segments => $3::text[], add_sql => $4::text,
+export const createSubscription = async (db: Db, s: SubscriptionDefinition) =>
+  String(
+    await call<string>(
+      db,
+      `select segmenter.create_subscription(name => $1::text, consumer => $2::text, segments => $3::text[], add_sql => $4::text,
      remove_sql => $5::text, clear_sql => $6::text, segment_upsert_sql => $7::text, segment_delete_sql => $8::text,
      batch_size => $9::int, batch_timeout => $10::interval, syntax => $11::text, update_sql => $12::text,
      audience => $13::text, description => $14::text) as result`,
-  [s.name, s.consumer, s.segments, s.addSql, s.removeSql, s.clearSql ?? null, s.segmentUpsertSql ?? null, s.segmentDeleteSql ?? null,
-    s.batchSize ?? 1, s.batchTimeout ?? '0 s', s.syntax ?? 'squirrelly', s.updateSql ?? null, s.audience ?? null, s.description ?? null]))
+      [
+        s.name,
+        s.consumer,
+        s.segments,
+        s.addSql,
+        s.removeSql,
+        s.clearSql ?? null,
+        s.segmentUpsertSql ?? null,
+        s.segmentDeleteSql ?? null,
+        s.batchSize ?? 1,
+        s.batchTimeout ?? '0 s',
+        s.syntax ?? 'squirrelly',
+        s.updateSql ?? null,
+        s.audience ?? null,
+        s.description ?? null,
+      ],
+    ),
+  )
 
-export const pause = (db: Db, subscription: string) => call<void>(db, 'select segmenter.pause(subscription => $1::text) as result', [subscription])
-export const resume = (db: Db, subscription: string) => call<void>(db, 'select segmenter.resume(subscription => $1::text) as result', [subscription])
-export const resync = (db: Db, subscription: string) => call<string>(db, 'select segmenter.resync(subscription => $1::text) as result', [subscription])
+export const pause = (db: Db, subscription: string) =>
+  call<void>(db, 'select segmenter.pause(subscription => $1::text) as result', [subscription])
+export const resume = (db: Db, subscription: string) =>
+  call<void>(db, 'select segmenter.resume(subscription => $1::text) as result', [subscription])
+export const resync = (db: Db, subscription: string) =>
+  call<string>(db, 'select segmenter.resync(subscription => $1::text) as result', [subscription])
 export const replayDeadLetters = async (db: Db, subscription: string) =>
   Number(await call<string>(db, 'select segmenter.replay_dead_letters(subscription => $1::text) as result', [subscription]))

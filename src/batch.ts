@@ -24,7 +24,10 @@ export interface Batch {
   through: Checkpoint
 }
 
-export interface FlushPlan { flush: PendingEvent[]; waitMs: number | null }
+export interface FlushPlan {
+  flush: PendingEvent[]
+  waitMs: number | null
+}
 
 /**
  * Which pending events go now. Everything, if the oldest member event waited batch_timeout, or if
@@ -32,7 +35,9 @@ export interface FlushPlan { flush: PendingEvent[]; waitMs: number | null }
  */
 export function planFlush(pending: PendingEvent[], batchSize: number, timeoutMs: number, windowFull: boolean): FlushPlan {
   let lastBarrier = -1
-  pending.forEach((e, i) => { if (!MEMBER_EVENTS.has(e.event)) lastBarrier = i })
+  pending.forEach((e, i) => {
+    if (!MEMBER_EVENTS.has(e.event)) lastBarrier = i
+  })
   const tail = pending.slice(lastBarrier + 1)
   const oldestAge = tail.reduce((m, e) => Math.max(m, e.ageMs), -Infinity)
   if (tail.length === 0 || (!windowFull && oldestAge >= timeoutMs)) return { flush: pending, waitMs: null }

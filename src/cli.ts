@@ -14,7 +14,9 @@ import { startHttp } from './http.js'
 import { createMetrics } from './metrics.js'
 import { startSidecar } from './sidecar.js'
 
-const program = new Command('segmenter').description('Postgres-native segments, kept in sync with external SQL stores').showHelpAfterError()
+const program = new Command('segmenter')
+  .description('Postgres-native segments, kept in sync with external SQL stores')
+  .showHelpAfterError()
   // Usage errors (unknown command, missing argument) exit 2 like bad configuration; --help exits 0.
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
 
@@ -32,7 +34,9 @@ async function databaseUrl(): Promise<string> {
     const before = signals.map((s) => new Set(process.listeners(s)))
     const { startEmbedded } = await import('./embedded.js')
     embedded = await startEmbedded(config.dataDir, config.embeddedPort)
-    signals.forEach((s, i) => { for (const l of process.listeners(s)) if (!before[i]!.has(l)) process.removeListener(s, l) })
+    signals.forEach((s, i) => {
+      for (const l of process.listeners(s)) if (!before[i]!.has(l)) process.removeListener(s, l)
+    })
     await embedded.createDatabase('segmenter')
     await migrate(embedded.url('segmenter'))
   }
@@ -56,13 +60,18 @@ async function withPool<T>(fn: (pool: ReturnType<typeof createPool>) => Promise<
   }
 }
 
-program.command('migrate').description('apply the db/ migrations (safe to run twice or concurrently)').option('--json', 'JSON output')
+program
+  .command('migrate')
+  .description('apply the db/ migrations (safe to run twice or concurrently)')
+  .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
     const result = await migrate(await databaseUrl())
     print(o.json ? result : result.applied.length ? `applied: ${result.applied.join(', ')}` : 'up to date', !!o.json)
   })
 
-program.command('run').description('run the sidecar: deliver changes to every active subscription')
+program
+  .command('run')
+  .description('run the sidecar: deliver changes to every active subscription')
   .option('--once', 'exit when nothing is pending')
   .action(async (o: { once?: boolean }) => {
     const config = loadConfig()
@@ -72,7 +81,12 @@ program.command('run').description('run the sidecar: deliver changes to every ac
     const pool = createPool(url)
     const metrics = createMetrics(pool)
     const sidecar = await startSidecar({
-      databaseUrl: url, pool, log, once: o.once, pollIntervalMs: config.pollIntervalMs, concurrency: config.concurrency,
+      databaseUrl: url,
+      pool,
+      log,
+      once: o.once,
+      pollIntervalMs: config.pollIntervalMs,
+      concurrency: config.concurrency,
       tickIntervalMs: config.refreshIntervalMs,
       onBatch: (sub, batch, ok, ms) => {
         metrics.batches.inc({ subscription: sub.name, outcome: ok ? 'ok' : 'failed' })
@@ -104,33 +118,56 @@ program.command('run').description('run the sidecar: deliver changes to every ac
     log.info('sidecar stopped')
   })
 
-program.command('status').description('per subscription: state, pending changes, lag, last success and error').option('--json', 'JSON output')
+program
+  .command('status')
+  .description('per subscription: state, pending changes, lag, last success and error')
+  .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
     print(await withPool(async (p) => (await p.query('select * from segmenter.status order by subscription')).rows), !!o.json)
   })
 
-program.command('stats').description('sync statistics per subscription and minute').option('--json', 'JSON output')
+program
+  .command('stats')
+  .description('sync statistics per subscription and minute')
+  .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
-    print(await withPool(async (p) => (await p.query('select * from segmenter.sync_stats order by bucket desc, subscription limit 100')).rows), !!o.json)
+    print(
+      await withPool(async (p) => (await p.query('select * from segmenter.sync_stats order by bucket desc, subscription limit 100')).rows),
+      !!o.json,
+    )
   })
 
-program.command('resync <subscription>').description('re-export a subscription from one consistent snapshot').option('--json', 'JSON output')
+program
+  .command('resync <subscription>')
+  .description('re-export a subscription from one consistent snapshot')
+  .option('--json', 'JSON output')
   .action(async (name: string, o: { json?: boolean }) => {
     const pos = await withPool(async (p) => (await p.query('select segmenter.resync(subscription => $1::text) as pos', [name])).rows[0].pos)
     print(o.json ? { subscription: name, snapshot_pos: pos } : `resync of ${name} queued from position ${pos}`, !!o.json)
   })
 
-program.command('refresh <segment>').description('refresh an auto segment now, in one transaction (sources ready or not)').option('--json', 'JSON output')
+program
+  .command('refresh <segment>')
+  .description('refresh an auto segment now, in one transaction (sources ready or not)')
+  .option('--json', 'JSON output')
   .action(async (name: string, o: { json?: boolean }) => {
     const counts = await withPool((p) => refreshSegment(p, name))
-    print(o.json ? counts : counts.ok
-      ? `${name}: +${counts.added} added, ${counts.reentered} returned, -${counts.removed} removed, ${counts.updated} updated, ${counts.unchanged} unchanged (${Math.round(counts.duration_ms)} ms)`
-      : `${name}: refresh failed: ${counts.error}`, !!o.json)
+    print(
+      o.json
+        ? counts
+        : counts.ok
+          ? `${name}: +${counts.added} added, ${counts.reentered} returned, -${counts.removed} removed, ${counts.updated} updated, ${counts.unchanged} unchanged (${Math.round(counts.duration_ms)} ms)`
+          : `${name}: refresh failed: ${counts.error}`,
+      !!o.json,
+    )
     if (!counts.ok) process.exitCode = 1
   })
 
-program.command('preview <subscription>').description('render a subscription\'s templates for sample members, without executing them')
-  .option('-n, --members <n>', 'members in the sample batch', '3').option('--json', 'JSON output')
+program
+  .command('preview <subscription>')
+  .description("render a subscription's templates for sample members, without executing them")
+  .option('-n, --members <n>', 'members in the sample batch', '3')
+  .option('--json', 'JSON output')
   .action(async (name: string, o: { members: string; json?: boolean }) => {
     const previews = await withPool((p) => previewSubscription(p, name, Number(o.members)))
     if (o.json) return print(previews, true)
@@ -141,19 +178,40 @@ program.command('preview <subscription>').description('render a subscription\'s 
   })
 
 const dead = program.command('dead-letters').description('list or replay events a target rejected')
-dead.command('list [subscription]').option('--json', 'JSON output').action(async (name: string | undefined, o: { json?: boolean }) => {
-  print(await withPool(async (p) => (await p.query(
-    `select d.dead_letter_id, s.name as subscription, d.at, d.event, d.member_id, d.error from segmenter.dead_letters d
-     join segmenter.subscriptions s using (subscription_id) where d.replayed_at is null and ($1::text is null or s.name = $1) order by d.at`, [name ?? null])).rows), !!o.json)
-})
-dead.command('replay <subscription>').option('--json', 'JSON output').action(async (name: string, o: { json?: boolean }) => {
-  const n = await withPool(async (p) => (await p.query('select segmenter.replay_dead_letters(subscription => $1::text) as n', [name])).rows[0].n)
-  print(o.json ? { subscription: name, replayed: Number(n) } : `${n} dead letter(s) of ${name} queued again`, !!o.json)
-})
+dead
+  .command('list [subscription]')
+  .option('--json', 'JSON output')
+  .action(async (name: string | undefined, o: { json?: boolean }) => {
+    print(
+      await withPool(
+        async (p) =>
+          (
+            await p.query(
+              `select d.dead_letter_id, s.name as subscription, d.at, d.event, d.member_id, d.error from segmenter.dead_letters d
+     join segmenter.subscriptions s using (subscription_id) where d.replayed_at is null and ($1::text is null or s.name = $1) order by d.at`,
+              [name ?? null],
+            )
+          ).rows,
+      ),
+      !!o.json,
+    )
+  })
+dead
+  .command('replay <subscription>')
+  .option('--json', 'JSON output')
+  .action(async (name: string, o: { json?: boolean }) => {
+    const n = await withPool(
+      async (p) => (await p.query('select segmenter.replay_dead_letters(subscription => $1::text) as n', [name])).rows[0].n,
+    )
+    print(o.json ? { subscription: name, replayed: Number(n) } : `${n} dead letter(s) of ${name} queued again`, !!o.json)
+  })
 
 // Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 something named does not exist.
-program.parseAsync()
-  .then(async () => { await embedded?.stop() })
+program
+  .parseAsync()
+  .then(async () => {
+    await embedded?.stop()
+  })
   .catch(async (err: unknown) => {
     const e = fromPgError(err) as Error & { code?: string }
     console.error(`segmenter: ${e.message}`)

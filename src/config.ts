@@ -22,7 +22,16 @@ export interface Config {
   embeddedPort: number
 }
 
-export const defaults = { refreshIntervalMs: 10_000, pollIntervalMs: 1000, concurrency: 4, logLevel: 'info', httpPort: 9187, httpHost: '127.0.0.1', dataDir: '.segmenter', embeddedPort: 54329 } satisfies Partial<Config>
+export const defaults = {
+  refreshIntervalMs: 10_000,
+  pollIntervalMs: 1000,
+  concurrency: 4,
+  logLevel: 'info',
+  httpPort: 9187,
+  httpHost: '127.0.0.1',
+  dataDir: '.segmenter',
+  embeddedPort: 54329,
+} satisfies Partial<Config>
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
@@ -36,9 +45,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     dataDir: env.SEGMENTER_DATA_DIR ?? defaults.dataDir,
     embeddedPort: env.SEGMENTER_EMBEDDED_PORT ? Number(env.SEGMENTER_EMBEDDED_PORT) : defaults.embeddedPort,
   }
-  assert(Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10, `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`)
-  assert(Number.isInteger(config.concurrency) && config.concurrency >= 1, `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`)
-  assert(Number.isInteger(config.refreshIntervalMs) && config.refreshIntervalMs >= 100, `configuration assert: SEGMENTER_REFRESH_INTERVAL_MS must be an integer of at least 100 (got ${env.SEGMENTER_REFRESH_INTERVAL_MS})`)
-  assert(Number.isInteger(config.httpPort) && config.httpPort >= 0 && config.httpPort < 65536, `configuration assert: SEGMENTER_HTTP_PORT must be a port number (got ${env.SEGMENTER_HTTP_PORT})`)
+  assert(
+    Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10,
+    `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`,
+  )
+  assert(
+    Number.isInteger(config.concurrency) && config.concurrency >= 1,
+    `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`,
+  )
+  assert(
+    Number.isInteger(config.refreshIntervalMs) && config.refreshIntervalMs >= 100,
+    `configuration assert: SEGMENTER_REFRESH_INTERVAL_MS must be an integer of at least 100 (got ${env.SEGMENTER_REFRESH_INTERVAL_MS})`,
+  )
+  assert(
+    Number.isInteger(config.httpPort) && config.httpPort >= 0 && config.httpPort < 65536,
+    `configuration assert: SEGMENTER_HTTP_PORT must be a port number (got ${env.SEGMENTER_HTTP_PORT})`,
+  )
   return Object.freeze(config)
 }

@@ -30,11 +30,16 @@ export type RoundResult =
   | { kind: 'retry'; error: unknown } // the target is unreachable; try again after a backoff
 
 /** Deliver everything that is due for one subscription. */
-export async function deliverSubscription(ctx: DeliveryContext, subscriptionId: string, shouldStop: () => boolean = () => false): Promise<RoundResult> {
+export async function deliverSubscription(
+  ctx: DeliveryContext,
+  subscriptionId: string,
+  shouldStop: () => boolean = () => false,
+): Promise<RoundResult> {
   const lockClient = await ctx.pool.connect()
   let locked = false
   try {
-    locked = (await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2::int) as ok', [LOCK_CLASS, subscriptionId])).rows[0]!.ok
+    locked = (await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2::int) as ok', [LOCK_CLASS, subscriptionId]))
+      .rows[0]!.ok
     if (!locked) return { kind: 'busy' }
     for (;;) {
       if (shouldStop()) return { kind: 'idle' }
@@ -107,13 +112,22 @@ async function dropSink(ctx: DeliveryContext, subscriptionId: string): Promise<v
 
 async function reconcileHomeCursor(pool: pg.Pool, sub: SubscriptionRow, at: Checkpoint): Promise<void> {
   if (compareCheckpoints(at, { pos: BigInt(sub.cursor_pos), ord: sub.cursor_ord }) === 0) return
-  await pool.query('update segmenter.subscriptions set cursor_pos = $2, cursor_ord = $3 where subscription_id = $1',
-    [sub.subscription_id, at.pos.toString(), at.ord])
+  await pool.query('update segmenter.subscriptions set cursor_pos = $2, cursor_ord = $3 where subscription_id = $1', [
+    sub.subscription_id,
+    at.pos.toString(),
+    at.ord,
+  ])
 }
 
 function templateFor(ctx: DeliveryContext, sub: SubscriptionRow, event: Batch['event'], dialect: Dialect): CompiledTemplate | null {
-  const source = { add: sub.add_sql, update: sub.update_sql ?? sub.add_sql, remove: sub.remove_sql, clear: sub.clear_sql,
-    segment_upsert: sub.segment_upsert_sql, segment_delete: sub.segment_delete_sql }[event]
+  const source = {
+    add: sub.add_sql,
+    update: sub.update_sql ?? sub.add_sql,
+    remove: sub.remove_sql,
+    clear: sub.clear_sql,
+    segment_upsert: sub.segment_upsert_sql,
+    segment_delete: sub.segment_delete_sql,
+  }[event]
   if (source === null) return null
   const key = `${sub.syntax}\0${dialect}\0${source}`
   let t = ctx.templates.get(key)
@@ -184,7 +198,8 @@ async function deadLetter(round: Round, batch: Batch, statement: string | null, 
     await ctx.pool.query(
       `insert into segmenter.dead_letters (subscription_id, pos, ord, segment_id, event, member_id, statement, error)
        values ($1, $2, $3, $4, $5, $6, $7, $8) on conflict do nothing`,
-      [sub.subscription_id, e.pos.toString(), e.ord, e.segmentId, e.event, e.memberId, statement, message])
+      [sub.subscription_id, e.pos.toString(), e.ord, e.segmentId, e.event, e.memberId, statement, message],
+    )
   }
   await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
   await record(round, batch, 0, false, error)
@@ -192,17 +207,38 @@ async function deadLetter(round: Round, batch: Batch, statement: string | null, 
 
 /** Log a round that failed before any batch (the target unreachable), so sync_stats counts it. */
 async function recordFailure(ctx: DeliveryContext, sub: SubscriptionRow, error: unknown): Promise<void> {
-  await ctx.pool.query(`insert into segmenter.log (kind, subscription_id, ok, error) values ('batch', $1, false, $2)`,
-    [sub.subscription_id, (error as Error)?.message ?? String(error)])
+  await ctx.pool.query(`insert into segmenter.log (kind, subscription_id, ok, error) values ('batch', $1, false, $2)`, [
+    sub.subscription_id,
+    (error as Error)?.message ?? String(error),
+  ])
 }
 
 /** Log the batch and, once the target has committed past it (`advanced`), move the home cursor. */
-async function record({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, batch: Batch, ms: number, ok: boolean, error?: unknown, advanced = true, statements = 0): Promise<void> {
+async function record(
+  { ctx, sub }: Pick<Round, 'ctx' | 'sub'>,
+  batch: Batch,
+  ms: number,
+  ok: boolean,
+  error?: unknown,
+  advanced = true,
+  statements = 0,
+): Promise<void> {
   ctx.onBatch?.(sub, batch, ok, ms)
   const to = advanced ? batch.through : { pos: BigInt(sub.cursor_pos), ord: sub.cursor_ord }
   await ctx.pool.query(
     `select segmenter.record_batch(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, event => $4::segmenter.event,
        segment_id => $5::uuid, statements => $6, rows => $7, duration_ms => $8, ok => $9, error => $10)`,
-    [sub.subscription_id, to.pos.toString(), to.ord, batch.event, batch.segmentId, statements,
-      batch.events.length, ms, ok, error === undefined ? null : ((error as Error)?.message ?? String(error))])
+    [
+      sub.subscription_id,
+      to.pos.toString(),
+      to.ord,
+      batch.event,
+      batch.segmentId,
+      statements,
+      batch.events.length,
+      ms,
+      ok,
+      error === undefined ? null : ((error as Error)?.message ?? String(error)),
+    ],
+  )
 }

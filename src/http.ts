@@ -18,9 +18,11 @@ export async function startHttp(pool: pg.Pool, metrics: Metrics, port: number, h
         await pool.query('select 1 from segmenter.migrations limit 1')
         return void res.writeHead(200, { 'content-type': 'text/plain' }).end('ready\n')
       }
-      if (path === '/metrics') return void res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(await metrics.registry.metrics())
+      if (path === '/metrics')
+        return void res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(await metrics.registry.metrics())
       if (path === '/api/status') {
-        const { rows } = await pool.query(`select subscription, state, consumer, pending_changes, extract(epoch from oldest_pending_age)::float8 as lag_seconds,
+        const { rows } =
+          await pool.query(`select subscription, state, consumer, pending_changes, extract(epoch from oldest_pending_age)::float8 as lag_seconds,
           last_success, last_error_at, last_error, dead_letters from segmenter.status order by subscription`)
         return void res.writeHead(200, { 'content-type': 'application/json' }).end(json(rows))
       }

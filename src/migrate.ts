@@ -10,15 +10,21 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL('../db/', import.meta.url))
 // Any 64-bit constant works; this one is 'segmenter' hashed, to stay clear of other tools' locks.
 const MIGRATION_LOCK = 7_433_690_361_245_114_413n
 
-export interface Migration { id: number; name: string; sql: string }
+export interface Migration {
+  id: number
+  name: string
+  sql: string
+}
 
 export async function listMigrations(): Promise<Migration[]> {
   const files = (await readdir(MIGRATIONS_DIR)).filter((f) => /^\d{4}_[\w-]+\.sql$/.test(f)).sort()
-  return Promise.all(files.map(async (file) => ({
-    id: Number(file.slice(0, 4)),
-    name: file.replace(/\.sql$/, ''),
-    sql: await readFile(MIGRATIONS_DIR + file, 'utf8'),
-  })))
+  return Promise.all(
+    files.map(async (file) => ({
+      id: Number(file.slice(0, 4)),
+      name: file.replace(/\.sql$/, ''),
+      sql: await readFile(MIGRATIONS_DIR + file, 'utf8'),
+    })),
+  )
 }
 
 export async function migrate(databaseUrl: string): Promise<{ applied: string[] }> {

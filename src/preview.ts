@@ -6,21 +6,43 @@ import { fromPgError, SegmenterError } from './errors.js'
 import { compileTemplate, type Dialect } from './render/index.js'
 import { loadMemberRows, loadSegments, membersOf } from './read.js'
 
-export interface Preview { subscription: string; segment: string; dialect: Dialect; members: number; statements: Record<string, string | null> }
+export interface Preview {
+  subscription: string
+  segment: string
+  dialect: Dialect
+  members: number
+  statements: Record<string, string | null>
+}
 
 export async function previewSubscription(pool: pg.Pool, subscription: string, sampleSize = 3): Promise<Preview[]> {
-  const { rows } = await pool.query(
-    `select s.*, c.dialect from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.name = $1`, [subscription])
-    .catch((err: unknown) => { throw fromPgError(err) })
+  const { rows } = await pool
+    .query(`select s.*, c.dialect from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.name = $1`, [
+      subscription,
+    ])
+    .catch((err: unknown) => {
+      throw fromPgError(err)
+    })
   const sub = rows[0]
-  if (!sub) throw new SegmenterError('NOT_FOUND', `unknown subscription ${subscription}`, { hint: 'list them with: select name from segmenter.subscriptions' })
+  if (!sub)
+    throw new SegmenterError('NOT_FOUND', `unknown subscription ${subscription}`, {
+      hint: 'list them with: select name from segmenter.subscriptions',
+    })
   const segments = await loadSegments(pool, sub.segment_ids)
   const previews: Preview[] = []
   for (const segment of segments.values()) {
     const sample = await pool.query<{ id: string }>(
       `select id::text as id from ${segment.table_name} where segment_id = $1 and actual_end = 'infinity' and id is not null order by id limit $2`,
-      [segment.segment_id, sampleSize])
-    const events: PendingEvent[] = sample.rows.map((r, i) => ({ pos: 0n, ord: i + 1, ageMs: 0, segmentId: segment.segment_id, event: 'add', memberId: r.id, row: null }))
+      [segment.segment_id, sampleSize],
+    )
+    const events: PendingEvent[] = sample.rows.map((r, i) => ({
+      pos: 0n,
+      ord: i + 1,
+      ageMs: 0,
+      segmentId: segment.segment_id,
+      event: 'add',
+      memberId: r.id,
+      row: null,
+    }))
     const batch = membersOf(segment, events, await loadMemberRows(pool, segments, events))
     const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch }
     const statements: Record<string, string | null> = {}

@@ -30,7 +30,9 @@ export interface SubscriptionRow {
 export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscriptionId: string): Promise<SubscriptionRow | null> {
   const { rows } = await db.query<SubscriptionRow>(
     `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms
-     from segmenter.subscriptions s where s.subscription_id = $1`, [subscriptionId])
+     from segmenter.subscriptions s where s.subscription_id = $1`,
+    [subscriptionId],
+  )
   return rows[0] ?? null
 }
 
@@ -45,14 +47,22 @@ const CHANGES_SQL = `
     and (c.subscription_id is null or c.subscription_id = $2)
   order by c.pos`
 
-interface ChangeRow { pos: string; age_ms: number; segment_id: string; event: EventType; ids: string[] | null; members: number; rows: Array<Record<string, unknown>> | null }
+interface ChangeRow {
+  pos: string
+  age_ms: number
+  segment_id: string
+  event: EventType
+  ids: string[] | null
+  members: number
+  rows: Array<Record<string, unknown>> | null
+}
 
 /** Up to `limit` events after `from`, in position order, read through a cursor a few changes at a time. */
 export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
   const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()]))
   const events: PendingEvent[] = []
   try {
-    for (let pageSize = 1; ; ) {
+    for (let pageSize = 1; ;) {
       // Fetch about as many changes as the window still needs: one change can hold 10,000
       // members, and fetching more than needed parses arrays only to drop them.
       const page = await cursor.read(pageSize)
@@ -78,13 +88,20 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
   }
 }
 
-export interface SegmentInfo { segment_id: string; name: string; table_name: string; id_type: string }
+export interface SegmentInfo {
+  segment_id: string
+  name: string
+  table_name: string
+  id_type: string
+}
 
 export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<Map<string, SegmentInfo>> {
   // The latest definition, current or retired: a retired segment's last events still render.
   const { rows } = await db.query<SegmentInfo>(
     `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type
-     from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`, [segmentIds])
+     from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
+    [segmentIds],
+  )
   return new Map(rows.map((r) => [r.segment_id, r]))
 }
 
@@ -93,7 +110,11 @@ export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<M
  * (a query per batch was a third of delivery time), keyed by segment id, then member id.
  * Members removed by DELETE carry their row in the event and are not looked up.
  */
-export async function loadMemberRows(db: pg.Pool, segments: Map<string, SegmentInfo>, events: PendingEvent[]): Promise<Map<string, Map<string, Record<string, unknown>>>> {
+export async function loadMemberRows(
+  db: pg.Pool,
+  segments: Map<string, SegmentInfo>,
+  events: PendingEvent[],
+): Promise<Map<string, Map<string, Record<string, unknown>>>> {
   const wanted = new Map<string, Set<string>>()
   for (const e of events) {
     if (e.memberId === null || e.row !== null) continue
@@ -110,14 +131,19 @@ export async function loadMemberRows(db: pg.Pool, segments: Map<string, SegmentI
     const { rows } = await db.query(
       `select distinct on (t.id) t.* from ${segment.table_name} t
        where t.segment_id = $1 and t.id = any($2::${segment.id_type}[]) order by t.id, t.actual_end desc`,
-      [segmentId, [...ids]])
+      [segmentId, [...ids]],
+    )
     for (const r of rows) byId.set(String(r.id), r)
   }
   return result
 }
 
 /** A batch's members in batch order: the looked-up row, the row captured at DELETE, or just the keys. */
-export function membersOf(segment: SegmentInfo, events: PendingEvent[], rows: Map<string, Map<string, Record<string, unknown>>>): Array<Record<string, unknown>> {
+export function membersOf(
+  segment: SegmentInfo,
+  events: PendingEvent[],
+  rows: Map<string, Map<string, Record<string, unknown>>>,
+): Array<Record<string, unknown>> {
   const byId = rows.get(segment.segment_id)
   return events.map((e) => e.row ?? byId?.get(e.memberId!) ?? { segment_id: segment.segment_id, id: e.memberId })
 }

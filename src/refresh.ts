@@ -20,7 +20,9 @@ export interface RunOptions {
 
 /** The most recent tick of `cron` at or before `now` (cron-parser's prev() is strictly before). */
 export function lastTick(cron: string, now: Date, tz?: string): Date {
-  return CronExpressionParser.parse(cron, { currentDate: new Date(now.getTime() + 1), tz }).prev().toDate()
+  return CronExpressionParser.parse(cron, { currentDate: new Date(now.getTime() + 1), tz })
+    .prev()
+    .toDate()
 }
 
 /** The first tick of `cron` strictly after `after`. */
@@ -56,7 +58,8 @@ export async function runDueRefreshes(pool: pg.Pool, opts: RunOptions = {}): Pro
   const now = opts.now ?? new Date()
   const log = opts.log ?? (() => {})
   const { rows } = await pool.query<ScheduleRow>(
-    'select segment, refresh_cron, last_started_at, ready, reason from segmenter.refresh_schedule order by segment')
+    'select segment, refresh_cron, last_started_at, ready, reason from segmenter.refresh_schedule order by segment',
+  )
   const results: RefreshResult[] = []
   for (const row of rows) {
     const result = await refreshIfDue(pool, row, now, opts.tz)
@@ -89,13 +92,17 @@ async function refreshIfDue(pool: pg.Pool, row: ScheduleRow, now: Date, tz?: str
       await client.query('rollback')
       return { segment, outcome: 'not_due', reason: 'refreshed or being refreshed by another session for this tick' }
     }
-    const res = await client.query<{ r: { ok: boolean; error?: string } & object }>('select segmenter.refresh(segment => $1) as r', [segment])
+    const res = await client.query<{ r: { ok: boolean; error?: string } & object }>('select segmenter.refresh(segment => $1) as r', [
+      segment,
+    ])
     await client.query('commit')
     const r = res.rows[0]!.r
     return r.ok ? { segment, outcome: 'refreshed', counts: r } : { segment, outcome: 'failed', counts: r, reason: r.error }
   } catch (e) {
     // A connection that cannot even roll back is discarded rather than returned to the pool.
-    await client.query('rollback').catch((err: Error) => { broken = err })
+    await client.query('rollback').catch((err: Error) => {
+      broken = err
+    })
     return { segment, outcome: 'failed', reason: (e as Error).message }
   } finally {
     client.release(broken)

@@ -39,7 +39,10 @@ export interface SidecarOptions {
   env?: NodeJS.ProcessEnv
 }
 
-export interface Sidecar { stop(): Promise<void>; done: Promise<void> }
+export interface Sidecar {
+  stop(): Promise<void>
+  done: Promise<void>
+}
 
 export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const { pool, log } = opts
@@ -48,7 +51,14 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const ctx: DeliveryContext = { pool, log, sinks: new Map<string, Sink>(), templates: new Map(), onBatch: opts.onBatch, env: opts.env }
 
   // The schema comes from db/ (0002_pgboss.sql): pg-boss must not migrate or run cron here.
-  const boss = new PgBoss({ connectionString: opts.databaseUrl, migrate: false, schedule: false, supervise: true, max: 2, application_name: 'segmenter-boss' })
+  const boss = new PgBoss({
+    connectionString: opts.databaseUrl,
+    migrate: false,
+    schedule: false,
+    supervise: true,
+    max: 2,
+    application_name: 'segmenter-boss',
+  })
   boss.on('error', (err) => log.error({ err }, 'pg-boss error'))
   await boss.start()
 
@@ -57,13 +67,21 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   let kicked = false
   let notified = false
   let wake: () => void = () => {}
-  const kick = () => { kicked = true; wake() }
+  const kick = () => {
+    kicked = true
+    wake()
+  }
 
   // The payload is a plain word, not JSON: without `parse`, pg-listen's JSON.parse fails on every
   // notification and turns it into an error event instead of a wake-up.
-  const listener = createSubscriber({ connectionString: opts.databaseUrl },
-    { retryLimit: Infinity, retryTimeout: Infinity, parse: (payload: string) => payload })
-  listener.notifications.on('segmenter', () => { notified = true; kick() })
+  const listener = createSubscriber(
+    { connectionString: opts.databaseUrl },
+    { retryLimit: Infinity, retryTimeout: Infinity, parse: (payload: string) => payload },
+  )
+  listener.notifications.on('segmenter', () => {
+    notified = true
+    kick()
+  })
   listener.events.on('error', (err: Error) => log.warn({ err: err.message }, 'listener error; polling until it reconnects'))
   listener.events.on('reconnect', () => log.info('listener reconnected'))
   await listener.connect()
@@ -79,7 +97,14 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     // No delayed pg-boss job here: it would hold the queue's one 'created' slot for this
     // subscription and swallow the jobs new changes create. A timer lost with this process is
     // recomputed by any sidecar's sweep from the pending changes' age, which lives in Postgres.
-    timers.set(id, setTimeout(() => { timers.delete(id); due.add(id); kick() }, ms))
+    timers.set(
+      id,
+      setTimeout(() => {
+        timers.delete(id)
+        due.add(id)
+        kick()
+      }, ms),
+    )
   }
 
   const deliver = async (id: string) => {
@@ -115,7 +140,8 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
        where s.state = 'active' and exists (
          select 1 from segmenter.changes c
          where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
-           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and c.members > s.cursor_ord)))`)
+           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and c.members > s.cursor_ord)))`,
+    )
     // Waiting subscriptions are re-evaluated too: new changes may have completed their batch.
     for (const r of rows) due.add(r.subscription_id)
   }
@@ -128,7 +154,11 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
       try {
         const jobs = await boss.fetch<{ subscription_id: string }>(DELIVER_QUEUE, { batchSize: 20 })
         for (const job of jobs) due.add(String(job.data.subscription_id))
-        if (jobs.length > 0) await boss.complete(DELIVER_QUEUE, jobs.map((j) => j.id))
+        if (jobs.length > 0)
+          await boss.complete(
+            DELIVER_QUEUE,
+            jobs.map((j) => j.id),
+          )
         // A NOTIFY whose job another sidecar took (or whose writer skipped the job) still finds
         // its subscription here.
         if (notified || Date.now() - lastSweep >= pollMs) {
@@ -156,7 +186,11 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
       if (kicked) continue
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, pollMs)
-        wake = () => { clearTimeout(t); wake = () => {}; resolve() }
+        wake = () => {
+          clearTimeout(t)
+          wake = () => {}
+          resolve()
+        }
       })
     }
   }

@@ -1,9 +1,9 @@
 // The SQL API refuses bad configuration when it is written: a stable SQLSTATE (SG0xx), a message
 // that names the offending field, and nothing half-applied. Plus the happy paths the checks must
 // not get in the way of, documentation comments on the public surface, and the showcase view.
-import { test, type TestContext } from 'node:test';
-import assert from 'node:assert/strict';
-import { freshPg, type FreshPg } from './harness/db.js';
+import { test, type TestContext } from 'node:test'
+import assert from 'node:assert/strict'
+import { freshPg, type FreshPg } from './harness/db.js'
 
 const SEGMENT_TABLE = `create table public.members (
   segment_id uuid not null,
@@ -14,16 +14,16 @@ const SEGMENT_TABLE = `create table public.members (
   actual_end timestamp not null default 'infinity',
   processed timestamp not null default now(),
   constraint members_id_key unique (id)
-)`;
+)`
 
 /** A fresh database with segment 'a' (manual, table public.members) and consumer 'c'. */
 async function setup(t: TestContext): Promise<FreshPg> {
-  const db = await freshPg();
-  t.after(() => db.close());
-  await db.query(SEGMENT_TABLE);
-  await db.query(`select segmenter.create_segment('a', 'public.members')`);
-  await db.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL')`);
-  return db;
+  const db = await freshPg()
+  t.after(() => db.close())
+  await db.query(SEGMENT_TABLE)
+  await db.query(`select segmenter.create_segment('a', 'public.members')`)
+  await db.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL')`)
+  return db
 }
 
 /** Everything a refused call could have half-written. */
@@ -37,123 +37,172 @@ async function state(db: FreshPg) {
            (select count(*) from pgboss.job)::int as jobs,
            (select count(*) from pg_trigger where tgname like '\\_100\\_segmenter%')::int as triggers,
            (select coalesce(jsonb_agg(to_jsonb(m) order by m.id), '[]') from public.members m) as members,
-           (select coalesce(jsonb_agg(jsonb_build_array(name, state) order by name), '[]') from segmenter.subscriptions) as states`);
-  return row;
+           (select coalesce(jsonb_agg(jsonb_build_array(name, state) order by name), '[]') from segmenter.subscriptions) as states`)
+  return row
 }
 
-interface PgErr { code?: string; message: string }
+interface PgErr {
+  code?: string
+  message: string
+}
 
 /** `sql` fails with SQLSTATE `code`, a message matching every regex, and changes nothing. */
 async function refused(db: FreshPg, sql: string, params: unknown[], code: string, ...message: RegExp[]) {
-  const before = await state(db);
+  const before = await state(db)
   await assert.rejects(db.query(sql, params), (err: PgErr) => {
-    assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`);
-    for (const re of message) assert.match(err.message, re);
-    return true;
-  });
-  assert.deepEqual(await state(db), before, 'nothing half-applied');
+    assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
+    for (const re of message) assert.match(err.message, re)
+    return true
+  })
+  assert.deepEqual(await state(db), before, 'nothing half-applied')
 }
 
-const sub = (args: string) =>
-  `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['a'], ${args})`;
-const OK_TEMPLATES = `add_sql => 'insert into t values ({{ it.segment_id }})', remove_sql => 'delete from t'`;
+const sub = (args: string) => `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['a'], ${args})`
+const OK_TEMPLATES = `add_sql => 'insert into t values ({{ it.segment_id }})', remove_sql => 'delete from t'`
 
 // ---------------------------------------------------------------------------------------------
 // Refusals
 
 test('unknown segment is SG001 (add_members, remove_members, clear_segment, create_subscription, retire_segment)', async (t) => {
-  const db = await setup(t);
-  await refused(db, `select segmenter.add_members('nope', array['1'])`, [], 'SG001', /segment/, /'nope'/);
-  await refused(db, `select segmenter.remove_members('nope', array['1'])`, [], 'SG001', /segment/, /'nope'/);
-  await refused(db, `select segmenter.clear_segment('nope')`, [], 'SG001', /segment/, /'nope'/);
-  await refused(db, `select segmenter.retire_segment('nope')`, [], 'SG001', /segment/, /'nope'/);
+  const db = await setup(t)
+  await refused(db, `select segmenter.add_members('nope', array['1'])`, [], 'SG001', /segment/, /'nope'/)
+  await refused(db, `select segmenter.remove_members('nope', array['1'])`, [], 'SG001', /segment/, /'nope'/)
+  await refused(db, `select segmenter.clear_segment('nope')`, [], 'SG001', /segment/, /'nope'/)
+  await refused(db, `select segmenter.retire_segment('nope')`, [], 'SG001', /segment/, /'nope'/)
   // one good segment and one unknown: the subscription is not created at all
-  await refused(db, `select segmenter.create_subscription('s', 'c', array['a', 'ghost'], 'insert', 'delete')`, [],
-    'SG001', /segment/, /'ghost'/);
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'c', array['a', 'ghost'], 'insert', 'delete')`,
+    [],
+    'SG001',
+    /segment/,
+    /'ghost'/,
+  )
   // a retired segment is unknown too
-  await db.query(`select segmenter.retire_segment('a')`);
-  await refused(db, `select segmenter.add_members('a', array['1'])`, [], 'SG001', /segment/, /'a'/);
-});
+  await db.query(`select segmenter.retire_segment('a')`)
+  await refused(db, `select segmenter.add_members('a', array['1'])`, [], 'SG001', /segment/, /'a'/)
+})
 
 test('unknown consumer is SG002', async (t) => {
-  const db = await setup(t);
-  await refused(db, `select segmenter.create_subscription('s', 'ghost', array['a'], 'insert', 'delete')`, [],
-    'SG002', /consumer/, /'ghost'/);
-});
+  const db = await setup(t)
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'ghost', array['a'], 'insert', 'delete')`,
+    [],
+    'SG002',
+    /consumer/,
+    /'ghost'/,
+  )
+})
 
 test('a table without the required columns or with a wrong column type is SG003', async (t) => {
-  const db = await setup(t);
-  await db.query(`create table public.partial (segment_id uuid, id text, hash_email text)`);
-  await refused(db, `select segmenter.create_segment('p', 'public.partial')`, [],
-    'SG003', /table_name/, /actual_begin/, /actual_end/, /processed/);
+  const db = await setup(t)
+  await db.query(`create table public.partial (segment_id uuid, id text, hash_email text)`)
+  await refused(
+    db,
+    `select segmenter.create_segment('p', 'public.partial')`,
+    [],
+    'SG003',
+    /table_name/,
+    /actual_begin/,
+    /actual_end/,
+    /processed/,
+  )
   await db.query(`create table public.texty (segment_id text, id text, actual_begin timestamp,
-    actual_end timestamp default 'infinity', processed timestamp)`);
-  await refused(db, `select segmenter.create_segment('p', 'public.texty')`, [], 'SG003', /segment_id/, /uuid/);
+    actual_end timestamp default 'infinity', processed timestamp)`)
+  await refused(db, `select segmenter.create_segment('p', 'public.texty')`, [], 'SG003', /segment_id/, /uuid/)
   await db.query(`create table public.datey (segment_id uuid, id text, actual_begin timestamp,
-    actual_end date default 'infinity', processed timestamp)`);
-  await refused(db, `select segmenter.create_segment('p', 'public.datey')`, [], 'SG003', /actual_end/);
+    actual_end date default 'infinity', processed timestamp)`)
+  await refused(db, `select segmenter.create_segment('p', 'public.datey')`, [], 'SG003', /actual_end/)
   // no capture triggers were attached to the refused tables
   const triggers = await db.query(
-    `select tgrelid::regclass::text as t from pg_trigger where tgrelid in ('public.partial'::regclass, 'public.texty'::regclass, 'public.datey'::regclass)`);
-  assert.deepEqual(triggers, []);
-});
+    `select tgrelid::regclass::text as t from pg_trigger where tgrelid in ('public.partial'::regclass, 'public.texty'::regclass, 'public.datey'::regclass)`,
+  )
+  assert.deepEqual(triggers, [])
+})
 
 test('a missing add or remove template is SG004', async (t) => {
-  const db = await setup(t);
-  await refused(db, sub(`add_sql => null, remove_sql => 'delete from t'`), [], 'SG004', /add_sql/);
-  await refused(db, sub(`add_sql => '  ', remove_sql => 'delete from t'`), [], 'SG004', /add_sql/);
-  await refused(db, sub(`add_sql => 'insert into t', remove_sql => ''`), [], 'SG004', /remove_sql/);
-  await refused(db, sub(`add_sql => 'insert into t', remove_sql => null`), [], 'SG004', /remove_sql/);
-});
+  const db = await setup(t)
+  await refused(db, sub(`add_sql => null, remove_sql => 'delete from t'`), [], 'SG004', /add_sql/)
+  await refused(db, sub(`add_sql => '  ', remove_sql => 'delete from t'`), [], 'SG004', /add_sql/)
+  await refused(db, sub(`add_sql => 'insert into t', remove_sql => ''`), [], 'SG004', /remove_sql/)
+  await refused(db, sub(`add_sql => 'insert into t', remove_sql => null`), [], 'SG004', /remove_sql/)
+})
 
 test('batch_size below 1 is SG005; a negative batch_timeout is SG006', async (t) => {
-  const db = await setup(t);
-  await refused(db, sub(`${OK_TEMPLATES}, batch_size => 0`), [], 'SG005', /batch_size/);
-  await refused(db, sub(`${OK_TEMPLATES}, batch_size => -5`), [], 'SG005', /batch_size/);
-  await refused(db, sub(`${OK_TEMPLATES}, batch_timeout => '-1 second'`), [], 'SG006', /batch_timeout/);
-});
+  const db = await setup(t)
+  await refused(db, sub(`${OK_TEMPLATES}, batch_size => 0`), [], 'SG005', /batch_size/)
+  await refused(db, sub(`${OK_TEMPLATES}, batch_size => -5`), [], 'SG005', /batch_size/)
+  await refused(db, sub(`${OK_TEMPLATES}, batch_timeout => '-1 second'`), [], 'SG006', /batch_timeout/)
+})
 
 test('an unknown dialect is SG007; an unknown template syntax is SG008', async (t) => {
-  const db = await setup(t);
-  await refused(db, `select segmenter.create_consumer('c2', 'mysql', 'sqlite', 'X_URL')`, [], 'SG007', /dialect/, /sqlite/);
+  const db = await setup(t)
+  await refused(db, `select segmenter.create_consumer('c2', 'mysql', 'sqlite', 'X_URL')`, [], 'SG007', /dialect/, /sqlite/)
   // updating an existing consumer with a bad dialect leaves it as it was
-  await refused(db, `select segmenter.create_consumer('c', 'mysql', 'cobol', 'X_URL')`, [], 'SG007', /dialect/);
-  const [c] = await db.query(`select dialect, dsn_env from segmenter.consumers where name = 'c'`);
-  assert.deepEqual({ ...c }, { dialect: 'mysql', dsn_env: 'TARGET_URL' });
-  await refused(db, sub(`${OK_TEMPLATES}, syntax => 'jinja'`), [], 'SG008', /syntax/, /jinja/);
-});
+  await refused(db, `select segmenter.create_consumer('c', 'mysql', 'cobol', 'X_URL')`, [], 'SG007', /dialect/)
+  const [c] = await db.query(`select dialect, dsn_env from segmenter.consumers where name = 'c'`)
+  assert.deepEqual({ ...c }, { dialect: 'mysql', dsn_env: 'TARGET_URL' })
+  await refused(db, sub(`${OK_TEMPLATES}, syntax => 'jinja'`), [], 'SG008', /syntax/, /jinja/)
+})
 
 test('an invalid cron expression is SG009', async (t) => {
-  const db = await setup(t);
-  await db.query(`create table public.auto_seg (like public.members)`);
-  const create = (cron: string) =>
-    `select segmenter.create_segment('auto1', 'public.auto_seg', 'auto', 'select 1 as id', '${cron}')`;
-  await refused(db, create('61 * * * *'), [], 'SG009', /refresh_cron/, /minute/);
-  await refused(db, create('* * *'), [], 'SG009', /refresh_cron/, /3 field/);
-  await refused(db, create('0 25 * * *'), [], 'SG009', /refresh_cron/, /hour/);
-  await refused(db, create('*/0 * * * *'), [], 'SG009', /refresh_cron/);
+  const db = await setup(t)
+  await db.query(`create table public.auto_seg (like public.members)`)
+  const create = (cron: string) => `select segmenter.create_segment('auto1', 'public.auto_seg', 'auto', 'select 1 as id', '${cron}')`
+  await refused(db, create('61 * * * *'), [], 'SG009', /refresh_cron/, /minute/)
+  await refused(db, create('* * *'), [], 'SG009', /refresh_cron/, /3 field/)
+  await refused(db, create('0 25 * * *'), [], 'SG009', /refresh_cron/, /hour/)
+  await refused(db, create('*/0 * * * *'), [], 'SG009', /refresh_cron/)
   // an existing segment keeps its definition when a change is refused
-  await refused(db, `select segmenter.create_segment('a', 'public.members', 'auto', 'select 1 as id', '61 * * * *')`, [],
-    'SG009', /refresh_cron/);
-  const [a] = await db.query(`select kind, refresh_cron from segmenter.segments where name = 'a' and actual_end = 'infinity'`);
-  assert.deepEqual({ ...a }, { kind: 'manual', refresh_cron: null });
+  await refused(
+    db,
+    `select segmenter.create_segment('a', 'public.members', 'auto', 'select 1 as id', '61 * * * *')`,
+    [],
+    'SG009',
+    /refresh_cron/,
+  )
+  const [a] = await db.query(`select kind, refresh_cron from segmenter.segments where name = 'a' and actual_end = 'infinity'`)
+  assert.deepEqual({ ...a }, { kind: 'manual', refresh_cron: null })
   // valid ones pass
-  await db.query(create('*/15 0-6 1,15 jan-mar mon-fri'));
-  await db.query(`select segmenter.create_segment('auto2', 'public.auto_seg', 'auto', 'select 1 as id', '@daily')`);
-});
+  await db.query(create('*/15 0-6 1,15 jan-mar mon-fri'))
+  await db.query(`select segmenter.create_segment('auto2', 'public.auto_seg', 'auto', 'select 1 as id', '@daily')`)
+})
 
 test('a malformed altcraft template is SG010; the seed templates are accepted verbatim', async (t) => {
-  const db = await setup(t);
+  const db = await setup(t)
   const altcraft = (add: string, remove = 'delete from t') =>
-    db.query(`select segmenter.create_subscription('s', 'c', array['a'], $1, $2, syntax => 'altcraft')`, [add, remove]);
-  await refused(db, `select segmenter.create_subscription('s', 'c', array['a'], $1, 'delete from t', syntax => 'altcraft')`,
-    ['insert into t values {for $i, $lead = $batch}({$lead.Id}){autocomma}'], 'SG010', /add_sql/, /\{end\}/);
-  await refused(db, `select segmenter.create_subscription('s', 'c', array['a'], 'insert into t', $1, syntax => 'altcraft')`,
-    ['delete from t where x = {foo}'], 'SG010', /remove_sql/, /foo/);
-  await refused(db, `select segmenter.create_subscription('s', 'c', array['a'], 'insert', 'delete', clear_sql => $1, syntax => 'altcraft')`,
-    ['delete from t where id = {$lead.Id}'], 'SG010', /clear_sql/);
-  await refused(db, `select segmenter.create_subscription('s', 'c', array['a'], $1, 'delete', syntax => 'squirrelly')`,
-    ['insert {{@each(it.batch) => m}}({{ m.id }})'], 'SG010', /add_sql/);
+    db.query(`select segmenter.create_subscription('s', 'c', array['a'], $1, $2, syntax => 'altcraft')`, [add, remove])
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'c', array['a'], $1, 'delete from t', syntax => 'altcraft')`,
+    ['insert into t values {for $i, $lead = $batch}({$lead.Id}){autocomma}'],
+    'SG010',
+    /add_sql/,
+    /\{end\}/,
+  )
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'c', array['a'], 'insert into t', $1, syntax => 'altcraft')`,
+    ['delete from t where x = {foo}'],
+    'SG010',
+    /remove_sql/,
+    /foo/,
+  )
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'c', array['a'], 'insert', 'delete', clear_sql => $1, syntax => 'altcraft')`,
+    ['delete from t where id = {$lead.Id}'],
+    'SG010',
+    /clear_sql/,
+  )
+  await refused(
+    db,
+    `select segmenter.create_subscription('s', 'c', array['a'], $1, 'delete', syntax => 'squirrelly')`,
+    ['insert {{@each(it.batch) => m}}({{ m.id }})'],
+    'SG010',
+    /add_sql/,
+  )
 
   // the seed's documented queries (seed 000), verbatim
   const add = `INSERT INTO mysegment (segId, clientId, updated)
@@ -162,110 +211,166 @@ VALUES
 ({segment_id}, "{$lead.CustomID}", NOW()){autocomma}
 {end}
 ON DUPLICATE KEY UPDATE
-updated = NOW();`;
+updated = NOW();`
   const remove = `DELETE FROM mysegment
 WHERE segment_id = {segment_id}
-AND clientId IN ({batch_in "CustomID"})`;
-  await db.query('alter table public.members add column "CustomID" varchar'); // the seed's custom profile field
-  await altcraft(add, remove);
-  const [s] = await db.query(`select syntax, add_sql, remove_sql from segmenter.subscriptions where name = 's'`);
-  assert.deepEqual({ ...s }, { syntax: 'altcraft', add_sql: add, remove_sql: remove });
-});
+AND clientId IN ({batch_in "CustomID"})`
+  await db.query('alter table public.members add column "CustomID" varchar') // the seed's custom profile field
+  await altcraft(add, remove)
+  const [s] = await db.query(`select syntax, add_sql, remove_sql from segmenter.subscriptions where name = 's'`)
+  assert.deepEqual({ ...s }, { syntax: 'altcraft', add_sql: add, remove_sql: remove })
+})
 
 test('an unknown subscription is SG011 (pause, resume, resync)', async (t) => {
-  const db = await setup(t);
-  await refused(db, `select segmenter.pause('nope')`, [], 'SG011', /subscription/, /'nope'/);
-  await refused(db, `select segmenter.resume('nope')`, [], 'SG011', /subscription/, /'nope'/);
-  await refused(db, `select segmenter.resync('nope')`, [], 'SG011', /subscription/, /'nope'/);
-});
+  const db = await setup(t)
+  await refused(db, `select segmenter.pause('nope')`, [], 'SG011', /subscription/, /'nope'/)
+  await refused(db, `select segmenter.resume('nope')`, [], 'SG011', /subscription/, /'nope'/)
+  await refused(db, `select segmenter.resync('nope')`, [], 'SG011', /subscription/, /'nope'/)
+})
 
 // ---------------------------------------------------------------------------------------------
 // Happy paths
 
 test('create_subscription succeeds, segmenter.status lists it, pause and resume flip its state', async (t) => {
-  const db = await setup(t);
-  await db.query(`select segmenter.add_members('a', array['m1', 'm2'])`);
-  const [{ id }] = await db.query(
+  const db = await setup(t)
+  await db.query(`select segmenter.add_members('a', array['m1', 'm2'])`)
+  const [{ id }] = (await db.query(
     `select segmenter.create_subscription('crm', 'c', array['a'], 'insert into t values ({{ it.segment_id }})', 'delete from t',
-       batch_size => 100, batch_timeout => '2 s') as id`) as [{ id: string }];
+       batch_size => 100, batch_timeout => '2 s') as id`,
+  )) as [{ id: string }]
   const [row] = await db.query(
-    `select subscription, subscription_id, state, consumer, pending_changes::int as pending, last_success, last_error from segmenter.status`);
+    `select subscription, subscription_id, state, consumer, pending_changes::int as pending, last_success, last_error from segmenter.status`,
+  )
   // the initial sync is pending: one segment_upsert and both current members
-  assert.deepEqual({ ...row }, {
-    subscription: 'crm', subscription_id: id, state: 'active', consumer: 'c', pending: 3, last_success: null, last_error: null,
-  });
-  const [cfg] = await db.query(`select batch_size, batch_timeout::text as timeout from segmenter.subscriptions where name = 'crm'`);
-  assert.deepEqual({ ...cfg }, { batch_size: 100, timeout: '00:00:02' });
+  assert.deepEqual(
+    { ...row },
+    {
+      subscription: 'crm',
+      subscription_id: id,
+      state: 'active',
+      consumer: 'c',
+      pending: 3,
+      last_success: null,
+      last_error: null,
+    },
+  )
+  const [cfg] = await db.query(`select batch_size, batch_timeout::text as timeout from segmenter.subscriptions where name = 'crm'`)
+  assert.deepEqual({ ...cfg }, { batch_size: 100, timeout: '00:00:02' })
 
-  await db.query(`select segmenter.pause('crm')`);
-  assert.equal((await db.query(`select state from segmenter.status where subscription = 'crm'`))[0]!.state, 'paused');
-  await db.query(`select segmenter.add_members('a', array['m3'])`); // accumulates while paused
-  assert.equal((await db.query(`select pending_changes::int as n from segmenter.status`))[0]!.n, 4);
-  await db.query(`select segmenter.resume('crm')`);
-  assert.equal((await db.query(`select state from segmenter.status where subscription = 'crm'`))[0]!.state, 'active');
+  await db.query(`select segmenter.pause('crm')`)
+  assert.equal((await db.query(`select state from segmenter.status where subscription = 'crm'`))[0]!.state, 'paused')
+  await db.query(`select segmenter.add_members('a', array['m3'])`) // accumulates while paused
+  assert.equal((await db.query(`select pending_changes::int as n from segmenter.status`))[0]!.n, 4)
+  await db.query(`select segmenter.resume('crm')`)
+  assert.equal((await db.query(`select state from segmenter.status where subscription = 'crm'`))[0]!.state, 'active')
 
   // the same name again is refused
-  await refused(db, `select segmenter.create_subscription('crm', 'c', array['a'], 'insert', 'delete')`, [], 'SG013', /crm/);
-});
+  await refused(db, `select segmenter.create_subscription('crm', 'c', array['a'], 'insert', 'delete')`, [], 'SG013', /crm/)
+})
 
 test('every public function and view has a comment', async (t) => {
-  const db = await setup(t);
-  const functions = ['create_segment', 'retire_segment', 'add_members', 'remove_members', 'clear_segment',
-    'create_consumer', 'create_subscription', 'pause', 'resume', 'resync'];
+  const db = await setup(t)
+  const functions = [
+    'create_segment',
+    'retire_segment',
+    'add_members',
+    'remove_members',
+    'clear_segment',
+    'create_consumer',
+    'create_subscription',
+    'pause',
+    'resume',
+    'resync',
+  ]
   const rows = await db.query<{ proname: string; comment: string | null }>(
     `select p.proname, obj_description(p.oid, 'pg_proc') as comment from pg_proc p
-     where p.pronamespace = 'segmenter'::regnamespace and p.proname = any($1)`, [functions]);
-  assert.deepEqual(rows.map((r) => r.proname).sort(), [...functions].sort(), 'every function exists');
-  for (const r of rows) assert.ok(r.comment && r.comment.length > 20, `function ${r.proname} has a comment`);
+     where p.pronamespace = 'segmenter'::regnamespace and p.proname = any($1)`,
+    [functions],
+  )
+  assert.deepEqual(rows.map((r) => r.proname).sort(), [...functions].sort(), 'every function exists')
+  for (const r of rows) assert.ok(r.comment && r.comment.length > 20, `function ${r.proname} has a comment`)
 
   // and any other function not marked private (_name) or a trigger function
   const others = await db.query<{ proname: string }>(
     `select p.proname from pg_proc p where p.pronamespace = 'segmenter'::regnamespace
-       and p.proname !~ '^(_|tg_)' and obj_description(p.oid, 'pg_proc') is null`);
-  assert.deepEqual(others.map((r) => r.proname), []);
+       and p.proname !~ '^(_|tg_)' and obj_description(p.oid, 'pg_proc') is null`,
+  )
+  assert.deepEqual(
+    others.map((r) => r.proname),
+    [],
+  )
 
-  const views = ['showcase', 'status', 'sync_stats', 'events']; // and any other view: all need comments
+  const views = ['showcase', 'status', 'sync_stats', 'events'] // and any other view: all need comments
   const vrows = await db.query<{ relname: string; comment: string | null }>(
     `select c.relname, obj_description(c.oid, 'pg_class') as comment from pg_class c
-     where c.relnamespace = 'segmenter'::regnamespace and c.relkind = 'v'`);
-  const names = vrows.map((r) => r.relname);
-  for (const v of views) assert.ok(names.includes(v), `view ${v} exists`);
-  for (const r of vrows) assert.ok(r.comment && r.comment.length > 20, `view ${r.relname} has a comment`);
-});
+     where c.relnamespace = 'segmenter'::regnamespace and c.relkind = 'v'`,
+  )
+  const names = vrows.map((r) => r.relname)
+  for (const v of views) assert.ok(names.includes(v), `view ${v} exists`)
+  for (const r of vrows) assert.ok(r.comment && r.comment.length > 20, `view ${r.relname} has a comment`)
+})
 
 test('segmenter.showcase shows current members with attributes as jsonb, not closed ones', async (t) => {
-  const db = await setup(t);
-  await db.query(`create table public.other (like public.members including defaults)`);
-  const [{ a }] = await db.query(`select segment_id as a from segmenter.segments where name = 'a'`) as [{ a: string }];
-  const [{ b }] = await db.query(`select segmenter.create_segment('b', 'public.other') as b`) as [{ b: string }];
-  await db.query(`insert into public.members (segment_id, id, hash_email, hash_phone, actual_end) values
-    ($1, 'm1', 'e1', 'p1', 'infinity'), ($1, 'm2', 'e2', null, 'infinity'), ($1, 'gone', 'eg', 'pg', '2020-01-01')`, [a]);
-  await db.query(`insert into public.other (segment_id, id, hash_email) values ($1, 'o1', 'eo')`, [b]);
-  await db.query(`select segmenter.remove_members('a', array['m2'])`);
-  await db.query(`update public.members set hash_phone = 'p1new' where id = 'm1'`);
+  const db = await setup(t)
+  await db.query(`create table public.other (like public.members including defaults)`)
+  const [{ a }] = (await db.query(`select segment_id as a from segmenter.segments where name = 'a'`)) as [{ a: string }]
+  const [{ b }] = (await db.query(`select segmenter.create_segment('b', 'public.other') as b`)) as [{ b: string }]
+  await db.query(
+    `insert into public.members (segment_id, id, hash_email, hash_phone, actual_end) values
+    ($1, 'm1', 'e1', 'p1', 'infinity'), ($1, 'm2', 'e2', null, 'infinity'), ($1, 'gone', 'eg', 'pg', '2020-01-01')`,
+    [a],
+  )
+  await db.query(`insert into public.other (segment_id, id, hash_email) values ($1, 'o1', 'eo')`, [b])
+  await db.query(`select segmenter.remove_members('a', array['m2'])`)
+  await db.query(`update public.members set hash_phone = 'p1new' where id = 'm1'`)
 
-  const rows = await db.query(
-    `select segment_id, segment, kind, member_id, attributes from segmenter.showcase order by segment, member_id`);
-  assert.deepEqual(rows.map((r) => ({ ...r })), [
-    { segment_id: a, segment: 'a', kind: 'manual', member_id: 'm1', attributes: { hash_email: 'e1', hash_phone: 'p1new' } },
-    { segment_id: b, segment: 'b', kind: 'manual', member_id: 'o1', attributes: { hash_email: 'eo', hash_phone: null } },
-  ]);
+  const rows = await db.query(`select segment_id, segment, kind, member_id, attributes from segmenter.showcase order by segment, member_id`)
+  assert.deepEqual(
+    rows.map((r) => ({ ...r })),
+    [
+      { segment_id: a, segment: 'a', kind: 'manual', member_id: 'm1', attributes: { hash_email: 'e1', hash_phone: 'p1new' } },
+      { segment_id: b, segment: 'b', kind: 'manual', member_id: 'o1', attributes: { hash_email: 'eo', hash_phone: null } },
+    ],
+  )
   // a retired segment is not in the showcase; its members stay in its table
-  await db.query(`select segmenter.retire_segment('b')`);
-  assert.deepEqual((await db.query(`select member_id from segmenter.showcase`)).map((r) => r.member_id), ['m1']);
-  assert.equal((await db.query(`select 1 from public.other`)).length, 1);
-});
+  await db.query(`select segmenter.retire_segment('b')`)
+  assert.deepEqual(
+    (await db.query(`select member_id from segmenter.showcase`)).map((r) => r.member_id),
+    ['m1'],
+  )
+  assert.equal((await db.query(`select 1 from public.other`)).length, 1)
+})
 
 test('a template naming a member field its segment table lacks is SG010, in both syntaxes', async (t) => {
-  const db = await setup(t);
-  await refused(db, sub(`syntax => 'altcraft', add_sql => $1, remove_sql => 'delete from t'`),
+  const db = await setup(t)
+  await refused(
+    db,
+    sub(`syntax => 'altcraft', add_sql => $1, remove_sql => 'delete from t'`),
     ['insert into t values {for $i, $lead = $batch}({$lead.hash_emial}){autocomma}{end}'],
-    'SG010', /add_sql/, /member field 'hash_emial'/, /members/);
-  await refused(db, sub(`syntax => 'altcraft', add_sql => 'insert into t values (1)', remove_sql => $1`),
-    ['delete from t where x in ({batch_in "Phone"})'], 'SG010', /remove_sql/, /'Phone'/);
-  await refused(db, sub(`add_sql => $1, remove_sql => 'delete from t'`),
-    ['{{@each(it.batch) => lead}}({{ lead.nope }}){{/each}}'], 'SG010', /add_sql/, /'nope'/);
+    'SG010',
+    /add_sql/,
+    /member field 'hash_emial'/,
+    /members/,
+  )
+  await refused(
+    db,
+    sub(`syntax => 'altcraft', add_sql => 'insert into t values (1)', remove_sql => $1`),
+    ['delete from t where x in ({batch_in "Phone"})'],
+    'SG010',
+    /remove_sql/,
+    /'Phone'/,
+  )
+  await refused(
+    db,
+    sub(`add_sql => $1, remove_sql => 'delete from t'`),
+    ['{{@each(it.batch) => lead}}({{ lead.nope }}){{/each}}'],
+    'SG010',
+    /add_sql/,
+    /'nope'/,
+  )
   // Known fields pass, in any letter case, as the renderer matches them.
-  await db.query(sub(`syntax => 'altcraft', add_sql => $1, remove_sql => $2`),
-    ['insert into t values {for $i, $lead = $batch}({$lead.HASH_EMAIL}, {$lead.id}){autocomma}{end}', 'delete from t where x in ({batch_in "hash_phone"})']);
-});
+  await db.query(sub(`syntax => 'altcraft', add_sql => $1, remove_sql => $2`), [
+    'insert into t values {for $i, $lead = $batch}({$lead.HASH_EMAIL}, {$lead.id}){autocomma}{end}',
+    'delete from t where x in ({batch_in "hash_phone"})',
+  ])
+})

@@ -9,7 +9,13 @@ const SEG_A = '00000000-0000-0000-0000-00000000000a'
 const SEG_B = '00000000-0000-0000-0000-00000000000b'
 
 /** A pending event; positions are given explicitly so checkpoints can be asserted. */
-function ev(pos: number, ord: number, event: EventType, memberId: string | null, opts: { ageMs?: number; segmentId?: string } = {}): PendingEvent {
+function ev(
+  pos: number,
+  ord: number,
+  event: EventType,
+  memberId: string | null,
+  opts: { ageMs?: number; segmentId?: string } = {},
+): PendingEvent {
   return { pos: BigInt(pos), ord, ageMs: opts.ageMs ?? 0, segmentId: opts.segmentId ?? SEG_A, event, memberId, row: null }
 }
 
@@ -127,7 +133,7 @@ describe('compact', () => {
     assert.deepEqual(compact([ev(1, 1, 'add', 'a'), ev(2, 1, 'remove', 'a')]), [])
   })
 
-  test('only the member\'s own events cancel; other members and the order of survivors are kept', () => {
+  test("only the member's own events cancel; other members and the order of survivors are kept", () => {
     const events = [ev(1, 1, 'add', 'a'), ev(1, 2, 'add', 'b'), ev(2, 1, 'remove', 'a'), ev(2, 2, 'remove', 'c'), ev(3, 1, 'add', 'd')]
     assert.deepEqual(show(compact(events)), ['add:b@1.2', 'remove:c@2.2', 'add:d@3.1'])
   })
@@ -186,35 +192,60 @@ describe('compact', () => {
 describe('toBatches', () => {
   test('runs of one event type and segment become one batch each, in order', () => {
     const events = [
-      ev(1, 1, 'add', 'a'), ev(1, 2, 'add', 'b'),
+      ev(1, 1, 'add', 'a'),
+      ev(1, 2, 'add', 'b'),
       ev(2, 1, 'remove', 'c'),
       ev(3, 1, 'add', 'd'),
       ev(4, 1, 'add', 'e', { segmentId: SEG_B }),
       ev(5, 1, 'add', 'f'),
     ]
     const batches = toBatches(events, events, 100, true)
-    assert.deepEqual(batches.map((b) => [b.event, b.segmentId, b.events.map((e) => e.memberId)]), [
-      ['add', SEG_A, ['a', 'b']],
-      ['remove', SEG_A, ['c']],
-      ['add', SEG_A, ['d']],
-      ['add', SEG_B, ['e']],
-      ['add', SEG_A, ['f']],
-    ])
-    assert.deepEqual(batches.map((b) => b.through), [cp(1, 2), cp(2, 1), cp(3, 1), cp(4, 1), cp(5, 1)])
+    assert.deepEqual(
+      batches.map((b) => [b.event, b.segmentId, b.events.map((e) => e.memberId)]),
+      [
+        ['add', SEG_A, ['a', 'b']],
+        ['remove', SEG_A, ['c']],
+        ['add', SEG_A, ['d']],
+        ['add', SEG_B, ['e']],
+        ['add', SEG_A, ['f']],
+      ],
+    )
+    assert.deepEqual(
+      batches.map((b) => b.through),
+      [cp(1, 2), cp(2, 1), cp(3, 1), cp(4, 1), cp(5, 1)],
+    )
   })
 
-  test('at most batchSize members per batch; each batch\'s checkpoint is its last event', () => {
+  test("at most batchSize members per batch; each batch's checkpoint is its last event", () => {
     const events = adds(25)
     const batches = toBatches(events, events, 10, true)
-    assert.deepEqual(batches.map((b) => b.events.length), [10, 10, 5])
-    assert.deepEqual(batches.map((b) => b.through), [cp(1, 10), cp(1, 20), cp(1, 25)])
-    assert.deepEqual(batches.flatMap((b) => b.events), events, 'every event once, in order')
+    assert.deepEqual(
+      batches.map((b) => b.events.length),
+      [10, 10, 5],
+    )
+    assert.deepEqual(
+      batches.map((b) => b.through),
+      [cp(1, 10), cp(1, 20), cp(1, 25)],
+    )
+    assert.deepEqual(
+      batches.flatMap((b) => b.events),
+      events,
+      'every event once, in order',
+    )
   })
 
   test('segment-level events stand alone, also two in a row', () => {
     const events = [ev(1, 1, 'segment_upsert', null), ev(2, 1, 'clear', null), ev(3, 1, 'clear', null), ev(4, 1, 'add', 'a')]
     const batches = toBatches(events, events, 100, true)
-    assert.deepEqual(batches.map((b) => [b.event, b.events.length]), [['segment_upsert', 1], ['clear', 1], ['clear', 1], ['add', 1]])
+    assert.deepEqual(
+      batches.map((b) => [b.event, b.events.length]),
+      [
+        ['segment_upsert', 1],
+        ['clear', 1],
+        ['clear', 1],
+        ['add', 1],
+      ],
+    )
   })
 
   test('without an update template, updates ride with adds (as adds)', () => {
@@ -222,32 +253,55 @@ describe('toBatches', () => {
     const batches = toBatches(events, events, 100, true)
     assert.equal(batches.length, 1)
     assert.equal(batches[0]!.event, 'add')
-    assert.deepEqual(batches[0]!.events.map((e) => e.memberId), ['a', 'b', 'c'])
+    assert.deepEqual(
+      batches[0]!.events.map((e) => e.memberId),
+      ['a', 'b', 'c'],
+    )
   })
 
   test('with an update template, updates are batches of their own', () => {
     const events = [ev(1, 1, 'add', 'a'), ev(2, 1, 'update', 'b'), ev(2, 2, 'update', 'c'), ev(3, 1, 'add', 'd')]
     const batches = toBatches(events, events, 100, false)
-    assert.deepEqual(batches.map((b) => [b.event, b.events.map((e) => e.memberId)]), [['add', ['a']], ['update', ['b', 'c']], ['add', ['d']]])
+    assert.deepEqual(
+      batches.map((b) => [b.event, b.events.map((e) => e.memberId)]),
+      [
+        ['add', ['a']],
+        ['update', ['b', 'c']],
+        ['add', ['d']],
+      ],
+    )
   })
 
-  test('the last batch\'s checkpoint covers events compacted away after it', () => {
+  test("the last batch's checkpoint covers events compacted away after it", () => {
     const window = [ev(1, 1, 'add', 'a'), ev(2, 1, 'add', 'b'), ev(3, 1, 'remove', 'b'), ev(4, 1, 'add', 'c'), ev(5, 1, 'remove', 'c')]
     const survivors = compact(window)
     assert.deepEqual(show(survivors), ['add:a@1.1'])
     const batches = toBatches(window, survivors, 100, true)
     assert.equal(batches.length, 1)
-    assert.deepEqual(batches[0]!.events.map((e) => e.memberId), ['a'])
-    assert.deepEqual(batches[0]!.through, cp(5, 1), 'the window\'s end, not the last survivor')
+    assert.deepEqual(
+      batches[0]!.events.map((e) => e.memberId),
+      ['a'],
+    )
+    assert.deepEqual(batches[0]!.through, cp(5, 1), "the window's end, not the last survivor")
   })
 
   test('earlier batches keep their own checkpoints when the last one is extended', () => {
-    const window = [ev(1, 1, 'add', 'a'), ev(2, 1, 'remove', 'z'), ev(3, 1, 'add', 'x'), ev(3, 2, 'add', 'y'), ev(4, 1, 'remove', 'x'), ev(4, 2, 'remove', 'y')]
+    const window = [
+      ev(1, 1, 'add', 'a'),
+      ev(2, 1, 'remove', 'z'),
+      ev(3, 1, 'add', 'x'),
+      ev(3, 2, 'add', 'y'),
+      ev(4, 1, 'remove', 'x'),
+      ev(4, 2, 'remove', 'y'),
+    ]
     const batches = toBatches(window, compact(window), 100, true)
-    assert.deepEqual(batches.map((b) => [b.event, b.events.map((e) => e.memberId), b.through]), [
-      ['add', ['a'], cp(1, 1)],
-      ['remove', ['z'], cp(4, 2)],
-    ])
+    assert.deepEqual(
+      batches.map((b) => [b.event, b.events.map((e) => e.memberId), b.through]),
+      [
+        ['add', ['a'], cp(1, 1)],
+        ['remove', ['z'], cp(4, 2)],
+      ],
+    )
   })
 
   test('an all-compacted window yields one empty, checkpoint-only batch', () => {

@@ -9,11 +9,18 @@ import { freshMysql, freshPg } from './harness/db.js'
 
 function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['bin/segmenter.js', ...args], { env: { ...process.env, SEGMENTER_HTTP_PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const p = spawn(process.execPath, ['bin/segmenter.js', ...args], {
+      env: { ...process.env, SEGMENTER_HTTP_PORT: '0', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
     let stdout = ''
     let stderr = ''
-    p.stdout.on('data', (d) => { stdout += d })
-    p.stderr.on('data', (d) => { stderr += d })
+    p.stdout.on('data', (d) => {
+      stdout += d
+    })
+    p.stderr.on('data', (d) => {
+      stderr += d
+    })
     p.on('exit', (code) => resolve({ code, stdout, stderr }))
   })
 }
@@ -21,16 +28,32 @@ function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | n
 test('run --once refreshes due auto segments, delivers everything and exits; refresh and dead-letters replay', async (t) => {
   const home = await freshPg()
   const target = await freshMysql()
-  t.after(async () => { await target.close(); await home.close() })
+  t.after(async () => {
+    await target.close()
+    await home.close()
+  })
   const env = { DATABASE_URL: home.url, TARGET_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn' }
   await target.query('create table members (member varchar(8) not null)')
   await home.query(`create table src (id int); insert into src select generate_series(1, 120);
     create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
       actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
-  await api.createSegment(home.pool, { name: 'auto', tableName: 'seg', kind: 'auto', refreshSql: `select 'm' || id as id from src`, refreshCron: '* * * * *' })
+  await api.createSegment(home.pool, {
+    name: 'auto',
+    tableName: 'seg',
+    kind: 'auto',
+    refreshSql: `select 'm' || id as id from src`,
+    refreshCron: '* * * * *',
+  })
   await api.createConsumer(home.pool, { name: 'maria', kind: 'mysql', dialect: 'mysql', dsnEnv: 'TARGET_URL' })
-  await api.createSubscription(home.pool, { name: 'sub', consumer: 'maria', segments: ['auto'], syntax: 'altcraft', batchSize: 50,
-    addSql: 'insert into members values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}', removeSql: 'delete from members where member in ({batch_in "id"})' })
+  await api.createSubscription(home.pool, {
+    name: 'sub',
+    consumer: 'maria',
+    segments: ['auto'],
+    syntax: 'altcraft',
+    batchSize: 50,
+    addSql: 'insert into members values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}',
+    removeSql: 'delete from members where member in ({batch_in "id"})',
+  })
 
   const once = await cli(['run', '--once'], env)
   assert.equal(once.code, 0, once.stderr)
@@ -39,7 +62,12 @@ test('run --once refreshes due auto segments, delivers everything and exits; ref
   await home.query(`delete from src where id > 100; insert into src values (121), (1234567890)`)
   const refreshed = await cli(['refresh', 'auto', '--json'], env)
   assert.equal(refreshed.code, 0, refreshed.stderr)
-  assert.deepEqual((({ ok, added, removed, unchanged }) => ({ ok, added, removed, unchanged }))(JSON.parse(refreshed.stdout)), { ok: true, added: 2, removed: 20, unchanged: 100 })
+  assert.deepEqual((({ ok, added, removed, unchanged }) => ({ ok, added, removed, unchanged }))(JSON.parse(refreshed.stdout)), {
+    ok: true,
+    added: 2,
+    removed: 20,
+    unchanged: 100,
+  })
   const text = await cli(['refresh', 'auto'], env)
   assert.match(text.stdout, /auto: \+0 added, 0 returned, -0 removed, 0 updated, 102 unchanged/)
   assert.equal((await cli(['refresh', 'nope'], env)).code, 3)
@@ -48,7 +76,10 @@ test('run --once refreshes due auto segments, delivers everything and exits; ref
   assert.equal((await cli(['run', '--once'], env)).code, 0)
   assert.equal(Number((await target.query('select count(*) as n from members'))[0].n), 101)
   const listed = JSON.parse((await cli(['dead-letters', 'list', '--json'], env)).stdout)
-  assert.deepEqual(listed.map((d: { member_id: string; subscription: string }) => [d.subscription, d.member_id]), [['sub', 'm1234567890']])
+  assert.deepEqual(
+    listed.map((d: { member_id: string; subscription: string }) => [d.subscription, d.member_id]),
+    [['sub', 'm1234567890']],
+  )
   await target.query('alter table members modify member varchar(20) not null')
   const replay = await cli(['dead-letters', 'replay', 'sub', '--json'], env)
   assert.deepEqual(JSON.parse(replay.stdout), { subscription: 'sub', replayed: 1 })
@@ -66,20 +97,43 @@ test('the TS API is the SQL API: same effects, SQL errors as SegmenterError with
   assert.match(id, /^[0-9a-f-]{36}$/)
   assert.equal(await api.addMembers(home.pool, 'm', ['a', 'b', 'c']), 3)
   assert.equal(await api.removeMembers(home.pool, 'm', ['b', 'zzz']), 1)
-  assert.deepEqual((await home.query(`select member_id from segmenter.showcase where segment = 'm' order by 1`)).map((r) => r.member_id), ['a', 'c'])
+  assert.deepEqual(
+    (await home.query(`select member_id from segmenter.showcase where segment = 'm' order by 1`)).map((r) => r.member_id),
+    ['a', 'c'],
+  )
   assert.equal(await api.clearSegment(home.pool, 'm'), 2)
   await api.createConsumer(home.pool, { name: 'c', kind: 'postgres', dialect: 'postgres', dsnEnv: 'C_URL' })
-  await api.createSubscription(home.pool, { name: 's', consumer: 'c', segments: ['m'], addSql: 'select 1', removeSql: 'select 2', batchSize: 10, batchTimeout: '3 s' })
-  assert.deepEqual(await home.query(`select batch_size, extract(epoch from batch_timeout)::int as timeout, syntax from segmenter.subscriptions`), [{ batch_size: 10, timeout: 3, syntax: 'squirrelly' }])
+  await api.createSubscription(home.pool, {
+    name: 's',
+    consumer: 'c',
+    segments: ['m'],
+    addSql: 'select 1',
+    removeSql: 'select 2',
+    batchSize: 10,
+    batchTimeout: '3 s',
+  })
+  assert.deepEqual(
+    await home.query(`select batch_size, extract(epoch from batch_timeout)::int as timeout, syntax from segmenter.subscriptions`),
+    [{ batch_size: 10, timeout: 3, syntax: 'squirrelly' }],
+  )
   await api.pause(home.pool, 's')
   assert.equal((await home.query(`select state from segmenter.subscriptions`))[0].state, 'paused')
   await api.resume(home.pool, 's')
   assert.ok(Number(await api.resync(home.pool, 's')) > 0)
   await api.retireSegment(home.pool, 'm')
-  await assert.rejects(api.addMembers(home.pool, 'm', ['x']), (err: unknown) =>
-    err instanceof SegmenterError && err.sqlState === 'SG001' && err.code === 'NOT_FOUND' && /unknown segment 'm'/.test(err.message) && /hint:/.test(err.message))
-  await assert.rejects(api.createSubscription(home.pool, { name: 's2', consumer: 'c', segments: [], addSql: 'x', removeSql: 'y' }),
-    (err: unknown) => err instanceof SegmenterError && err.sqlState === 'SG012' && err.code === 'CONFIG_INVALID')
+  await assert.rejects(
+    api.addMembers(home.pool, 'm', ['x']),
+    (err: unknown) =>
+      err instanceof SegmenterError &&
+      err.sqlState === 'SG001' &&
+      err.code === 'NOT_FOUND' &&
+      /unknown segment 'm'/.test(err.message) &&
+      /hint:/.test(err.message),
+  )
+  await assert.rejects(
+    api.createSubscription(home.pool, { name: 's2', consumer: 'c', segments: [], addSql: 'x', removeSql: 'y' }),
+    (err: unknown) => err instanceof SegmenterError && err.sqlState === 'SG012' && err.code === 'CONFIG_INVALID',
+  )
 })
 
 test('without DATABASE_URL every command uses the embedded PostgreSQL, migrated, with data kept', async (t) => {

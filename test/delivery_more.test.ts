@@ -33,7 +33,12 @@ const T = {
   clear: `delete from members where seg = {segment_id}`,
 }
 
-interface Home { home: FreshPg; target: FreshMysql; env: NodeJS.ProcessEnv; start(opts?: { pollIntervalMs?: number }): Promise<Sidecar> }
+interface Home {
+  home: FreshPg
+  target: FreshMysql
+  env: NodeJS.ProcessEnv
+  start(opts?: { pollIntervalMs?: number }): Promise<Sidecar>
+}
 /** A fresh home database with the seed's segment table, a fresh MariaDB target, and a way to start sidecars. */
 async function setup(defer: ReturnType<typeof deferrer>): Promise<Home> {
   const home = await freshPg()
@@ -44,13 +49,19 @@ async function setup(defer: ReturnType<typeof deferrer>): Promise<Home> {
   await target.query(MEMBERS_DDL)
   const env = { ...process.env, TARGET_URL: target.url }
   return {
-    home, target, env,
+    home,
+    target,
+    env,
     async start(opts = {}) {
       const pool = createPool(home.url)
       const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: opts.pollIntervalMs ?? 200, env })
       let stopped: Promise<void> | undefined
       const stop = sidecar.stop
-      sidecar.stop = () => (stopped ??= (async () => { await stop(); await pool.end() })())
+      sidecar.stop = () =>
+        (stopped ??= (async () => {
+          await stop()
+          await pool.end()
+        })())
       defer(() => sidecar.stop())
       return sidecar
     },
@@ -59,7 +70,9 @@ async function setup(defer: ReturnType<typeof deferrer>): Promise<Home> {
 
 const count = async (db: FreshMysql, where = '1 = 1') => Number((await db.query(`select count(*) as n from members where ${where}`))[0].n)
 const currentIds = async (home: FreshPg, segmentId: string): Promise<string[]> =>
-  (await home.query(`select id from test_segment where segment_id = $1 and actual_end = 'infinity' order by id`, [segmentId])).map((r) => r.id)
+  (await home.query(`select id from test_segment where segment_id = $1 and actual_end = 'infinity' order by id`, [segmentId])).map(
+    (r) => r.id,
+  )
 const targetIds = async (target: FreshMysql, segmentId: string): Promise<string[]> =>
   (await target.query('select member from members where seg = ? order by member', [segmentId])).map((r: { member: string }) => r.member)
 /** The target holds exactly the segment's current members, each once (both sides sorted by the same binary order). */
@@ -69,7 +82,10 @@ async function converged(home: FreshPg, target: FreshMysql, segmentId: string): 
 }
 /** The subscription's snapshot (or any resync) was delivered: the home cursor passed resync_pos. */
 async function initialSyncDone(home: FreshPg, sub: string): Promise<boolean> {
-  const [r] = await home.query(`select resync_pos is not null and cursor_pos >= resync_pos as done from segmenter.subscriptions where name = $1`, [sub])
+  const [r] = await home.query(
+    `select resync_pos is not null and cursor_pos >= resync_pos as done from segmenter.subscriptions where name = $1`,
+    [sub],
+  )
   return !!r?.done
 }
 
@@ -80,14 +96,24 @@ test('resync: a corrupted target becomes the segment again; changes right after 
   const [{ id }] = await home.query(`select segmenter.create_segment('r', 'public.test_segment') as id`)
   const [{ id: other }] = await home.query(`select gen_random_uuid()::text as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['r'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, clear_sql => $3, batch_size => 500)`, [T.add, T.remove, T.clear])
-  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 5, '0') from generate_series(1, 3000) g`, [id])
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['r'], syntax => 'altcraft',
+    add_sql => $1, remove_sql => $2, clear_sql => $3, batch_size => 500)`,
+    [T.add, T.remove, T.clear],
+  )
+  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 5, '0') from generate_series(1, 3000) g`, [
+    id,
+  ])
   await until('3,000 delivered', () => converged(home, target, id))
 
   // Corrupt the target: members lost, junk with the same segId, a row of another segment (not ours to touch).
   await target.query(`delete from members where member like 'm000%' or member like 'm02%'`)
-  await target.query(`insert into members (seg, member) values (?, 'junk-1'), (?, 'junk-2'), (?, 'm00001'), (?, 'keep-me')`, [id, id, id, other])
+  await target.query(`insert into members (seg, member) values (?, 'junk-1'), (?, 'junk-2'), (?, 'm00001'), (?, 'keep-me')`, [
+    id,
+    id,
+    id,
+    other,
+  ])
   assert.equal(await converged(home, target, id), false, 'the target is corrupted')
   const logBefore = Number((await home.query(`select coalesce(max(log_id), 0) as n from segmenter.log`))[0].n)
 
@@ -106,8 +132,11 @@ test('resync: a corrupted target becomes the segment again; changes right after 
   assert.equal(Number(dups.n), 3000 + 200 - 3)
   assert.deepEqual(await target.query('select member from members where seg = ?', [other]), [{ member: 'keep-me' }])
   // The resync went out as a clear followed by adds.
-  const log = await home.query(`select event, sum(rows)::int as rows from segmenter.log where log_id > $1 and ok and kind = 'batch'
-    group by event order by event`, [logBefore])
+  const log = await home.query(
+    `select event, sum(rows)::int as rows from segmenter.log where log_id > $1 and ok and kind = 'batch'
+    group by event order by event`,
+    [logBefore],
+  )
   const byEvent = Object.fromEntries(log.map((r) => [r.event, r.rows]))
   assert.ok(byEvent.clear >= 1, `a clear was delivered: ${JSON.stringify(log)}`)
   assert.ok(byEvent.add >= 3000, `every current member was re-added: ${JSON.stringify(log)}`)
@@ -118,21 +147,28 @@ test('a new subscription on a segment with 5,000 members starts with segment_ups
   const { home, target, start } = await setup(defer)
   await target.query('create table segments (segment_id varchar(36) primary key, name varchar(255))')
   const [{ id }] = await home.query(`select segmenter.create_segment('big', 'public.test_segment') as id`)
-  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 5, '0') from generate_series(1, 5000) g`, [id])
+  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 5, '0') from generate_series(1, 5000) g`, [
+    id,
+  ])
   await home.query(`update test_segment set actual_end = now() where id in ('m00001', 'm00002')`) // history the snapshot must not replay
   await start()
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['big'], syntax => 'altcraft',
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['big'], syntax => 'altcraft',
     add_sql => $1, remove_sql => $2, clear_sql => $3, batch_size => 1000,
     segment_upsert_sql => 'insert into segments (segment_id, name) values ({segment_id}, {segment_name}) on duplicate key update name = values(name)')`,
-  [T.add, T.remove, T.clear])
+    [T.add, T.remove, T.clear],
+  )
   await until('4,998 members', async () => (await count(target)) === 4998)
   assert.deepEqual(await target.query('select segment_id, name from segments'), [{ segment_id: id, name: 'big' }])
   assert.equal(await converged(home, target, id), true)
   const log = await home.query(`select event, rows::int from segmenter.log where kind = 'batch' and ok order by log_id`)
   assert.equal(log[0]?.event, 'segment_upsert', `the first batch is the segment: ${JSON.stringify(log.slice(0, 3))}`)
   assert.deepEqual([...new Set(log.slice(1).map((r) => r.event))], ['add'], 'then adds only (no clear, no removes)')
-  assert.equal(log.slice(1).reduce((n, r) => n + r.rows, 0), 4998)
+  assert.equal(
+    log.slice(1).reduce((n, r) => n + r.rows, 0),
+    4998,
+  )
   assert.ok(log.slice(1).every((r) => r.rows <= 1000))
 
   // Then it follows changes.
@@ -149,8 +185,11 @@ test('pause accumulates, resume catches up', async (t) => {
   await start()
   const [{ id }] = await home.query(`select segmenter.create_segment('p', 'public.test_segment') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['p'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 50)`, [T.add, T.remove])
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['p'], syntax => 'altcraft',
+    add_sql => $1, remove_sql => $2, batch_size => 50)`,
+    [T.add, T.remove],
+  )
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 4, '0') from generate_series(1, 200) g`, [id])
   await until('200 delivered', () => converged(home, target, id))
   const before = await targetIds(target, id)
@@ -158,7 +197,8 @@ test('pause accumulates, resume catches up', async (t) => {
   await home.query(`select segmenter.pause('sub')`)
   // 300 changes: 200 adds (some in single statements) and 100 removes of delivered members.
   await home.query(`insert into test_segment (segment_id, id) select $1, 'n' || lpad(g::text, 4, '0') from generate_series(1, 150) g`, [id])
-  for (let i = 151; i <= 200; i++) await home.query(`insert into test_segment (segment_id, id) values ($1, $2)`, [id, `n${String(i).padStart(4, '0')}`])
+  for (let i = 151; i <= 200; i++)
+    await home.query(`insert into test_segment (segment_id, id) values ($1, $2)`, [id, `n${String(i).padStart(4, '0')}`])
   await home.query(`update test_segment set actual_end = now() where segment_id = $1 and id between 'm0001' and 'm0100'`, [id])
   await sleep(1500)
   assert.deepEqual(await targetIds(target, id), before, 'a paused subscription delivers nothing')
@@ -170,7 +210,10 @@ test('pause accumulates, resume catches up', async (t) => {
   await home.query(`select segmenter.resume('sub')`)
   await until('caught up', () => converged(home, target, id), 30_000)
   assert.equal(await count(target), 300)
-  await until('status clean', async () => Number((await home.query(`select pending_changes from segmenter.status`))[0].pending_changes) === 0)
+  await until(
+    'status clean',
+    async () => Number((await home.query(`select pending_changes from segmenter.status`))[0].pending_changes) === 0,
+  )
 })
 
 test('net compaction: 50 adds and 20 of them closed within the timeout arrive as 30 adds and no removes', async (t) => {
@@ -179,8 +222,11 @@ test('net compaction: 50 adds and 20 of them closed within the timeout arrive as
   await start()
   const [{ id }] = await home.query(`select segmenter.create_segment('c', 'public.test_segment') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['c'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 1000, batch_timeout => '1 s')`, [T.add, T.remove])
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['c'], syntax => 'altcraft',
+    add_sql => $1, remove_sql => $2, batch_size => 1000, batch_timeout => '1 s')`,
+    [T.add, T.remove],
+  )
   await until('initial sync', () => initialSyncDone(home, 'sub'))
   const [{ n: logBefore }] = await home.query(`select coalesce(max(log_id), 0)::int as n from segmenter.log`)
 
@@ -190,11 +236,22 @@ test('net compaction: 50 adds and 20 of them closed within the timeout arrive as
   await sleep(1500) // any later batch of this round would show by now
   assert.equal(await count(target), 30)
   assert.equal(await converged(home, target, id), true)
-  const log = await home.query(`select event, statements, rows::int, ok from segmenter.log where kind = 'batch' and log_id > $1 order by log_id`, [logBefore])
+  const log = await home.query(
+    `select event, statements, rows::int, ok from segmenter.log where kind = 'batch' and log_id > $1 order by log_id`,
+    [logBefore],
+  )
   const adds = log.filter((r) => r.event === 'add')
-  assert.equal(adds.reduce((n, r) => n + r.rows, 0), 30, `sum(rows) of add batches: ${JSON.stringify(log)}`)
+  assert.equal(
+    adds.reduce((n, r) => n + r.rows, 0),
+    30,
+    `sum(rows) of add batches: ${JSON.stringify(log)}`,
+  )
   assert.equal(adds.length, 1, 'one add batch')
-  assert.deepEqual(log.filter((r) => r.event === 'remove' && r.statements > 0), [], 'no remove statement')
+  assert.deepEqual(
+    log.filter((r) => r.event === 'remove' && r.statements > 0),
+    [],
+    'no remove statement',
+  )
   assert.ok(log.every((r) => r.ok))
 })
 
@@ -208,34 +265,63 @@ test('update events: update_sql when given, the (upsert) add template otherwise'
   // One consumer each: subscriptions sharing a consumer are the subject of the sink test below.
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
   await home.query(`select segmenter.create_consumer('maria2', 'mysql', 'mysql', 'TARGET_URL')`)
-  const add = (table: string) => `insert into ${table} (member, email, via) values {for $i, $lead = $batch}({$lead.id}, {$lead.hash_email}, 'add'){autocomma}{end}
+  const add = (
+    table: string,
+  ) => `insert into ${table} (member, email, via) values {for $i, $lead = $batch}({$lead.id}, {$lead.hash_email}, 'add'){autocomma}{end}
     on duplicate key update email = values(email), via = values(via)`
   const remove = (table: string) => `delete from ${table} where member in ({batch_in "id"})`
-  await home.query(`select segmenter.create_subscription(name => 'with_update', consumer => 'maria', segments => array['u'], syntax => 'altcraft',
+  await home.query(
+    `select segmenter.create_subscription(name => 'with_update', consumer => 'maria', segments => array['u'], syntax => 'altcraft',
     add_sql => $1, remove_sql => $2, update_sql => $3, batch_size => 10)`,
-  [add('with_update'), remove('with_update'), `{for $i, $lead = $batch}update with_update set email = {$lead.hash_email}, via = 'update' where member = {$lead.id};
-{end}`])
-  await home.query(`select segmenter.create_subscription(name => 'without_update', consumer => 'maria2', segments => array['u'], syntax => 'squirrelly',
+    [
+      add('with_update'),
+      remove('with_update'),
+      `{for $i, $lead = $batch}update with_update set email = {$lead.hash_email}, via = 'update' where member = {$lead.id};
+{end}`,
+    ],
+  )
+  await home.query(
+    `select segmenter.create_subscription(name => 'without_update', consumer => 'maria2', segments => array['u'], syntax => 'squirrelly',
     add_sql => $1, remove_sql => $2, batch_size => 10)`,
-  ['insert into without_update (member, email, via) values {{@rows(it.batch) => lead}}({{ lead.id }}, {{ lead.hash_email }}, \'add\'){{/rows}} on duplicate key update email = values(email), via = \'upsert\'',
-    'delete from without_update where member in ({{ it.batch | in("id") }})'])
-  await home.query(`insert into test_segment (segment_id, id, hash_email) values ($1, 'a', 'a@old'), ($1, 'b', 'b@old'), ($1, 'c', 'c@old')`, [id])
+    [
+      "insert into without_update (member, email, via) values {{@rows(it.batch) => lead}}({{ lead.id }}, {{ lead.hash_email }}, 'add'){{/rows}} on duplicate key update email = values(email), via = 'upsert'",
+      'delete from without_update where member in ({{ it.batch | in("id") }})',
+    ],
+  )
+  await home.query(
+    `insert into test_segment (segment_id, id, hash_email) values ($1, 'a', 'a@old'), ($1, 'b', 'b@old'), ($1, 'c', 'c@old')`,
+    [id],
+  )
   const rows = (table: string) => target.query(`select member, email, via from ${table} order by member`)
-  const initial = [{ member: 'a', email: 'a@old', via: 'add' }, { member: 'b', email: 'b@old', via: 'add' }, { member: 'c', email: 'c@old', via: 'add' }]
+  const initial = [
+    { member: 'a', email: 'a@old', via: 'add' },
+    { member: 'b', email: 'b@old', via: 'add' },
+    { member: 'c', email: 'c@old', via: 'add' },
+  ]
   await until('both delivered', async () => (await rows('with_update')).length === 3 && (await rows('without_update')).length === 3)
   assert.deepEqual(await rows('with_update'), initial)
   assert.deepEqual(await rows('without_update'), initial)
 
   await home.query(`update test_segment set hash_email = 'a@new' where id = 'a'`)
   await home.query(`update test_segment set hash_email = 'c@new', processed = now() where id = 'c'`)
-  await until('updates delivered', async () =>
-    (await rows('with_update')).filter((r: { email: string }) => r.email.endsWith('@new')).length === 2
-    && (await rows('without_update')).filter((r: { email: string }) => r.email.endsWith('@new')).length === 2)
+  await until(
+    'updates delivered',
+    async () =>
+      (await rows('with_update')).filter((r: { email: string }) => r.email.endsWith('@new')).length === 2 &&
+      (await rows('without_update')).filter((r: { email: string }) => r.email.endsWith('@new')).length === 2,
+  )
   assert.deepEqual(await rows('with_update'), [
-    { member: 'a', email: 'a@new', via: 'update' }, { member: 'b', email: 'b@old', via: 'add' }, { member: 'c', email: 'c@new', via: 'update' }])
+    { member: 'a', email: 'a@new', via: 'update' },
+    { member: 'b', email: 'b@old', via: 'add' },
+    { member: 'c', email: 'c@new', via: 'update' },
+  ])
   assert.deepEqual(await rows('without_update'), [
-    { member: 'a', email: 'a@new', via: 'upsert' }, { member: 'b', email: 'b@old', via: 'add' }, { member: 'c', email: 'c@new', via: 'upsert' }])
-  const events = await home.query(`select s.name, l.event, sum(l.rows)::int as rows from segmenter.log l join segmenter.subscriptions s using (subscription_id)
+    { member: 'a', email: 'a@new', via: 'upsert' },
+    { member: 'b', email: 'b@old', via: 'add' },
+    { member: 'c', email: 'c@new', via: 'upsert' },
+  ])
+  const events =
+    await home.query(`select s.name, l.event, sum(l.rows)::int as rows from segmenter.log l join segmenter.subscriptions s using (subscription_id)
     where l.kind = 'batch' and l.ok and l.event in ('add', 'update') group by s.name, l.event order by s.name, l.event`)
   assert.deepEqual(events, [
     { name: 'with_update', event: 'add', rows: 3 },
@@ -249,7 +335,7 @@ test('update events: update_sql when given, the (upsert) add template otherwise'
   assert.equal(n, 2)
 })
 
-test('statements are sized to the target\'s max_allowed_packet: split batches, every row, no dead letters', async (t) => {
+test("statements are sized to the target's max_allowed_packet: split batches, every row, no dead letters", async (t) => {
   const defer = deferrer(t)
   const home = await freshPg()
   defer(() => home.close())
@@ -273,12 +359,25 @@ test('statements are sized to the target\'s max_allowed_packet: split batches, e
     add_sql => 'insert into members (member, payload) values {for $i, $lead = $batch}({$lead.id}, {$lead.hash_email}){autocomma}{end}',
     remove_sql => 'delete from members where member in ({batch_in "id"})')`)
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: 200, retryBaseMs: 200, retryMaxMs: 1000,
-    env: { ...process.env, TARGET_URL: url } })
-  defer(async () => { await sidecar.stop(); await pool.end() })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 200,
+    retryBaseMs: 200,
+    retryMaxMs: 1000,
+    env: { ...process.env, TARGET_URL: url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
   // ~100 bytes per row: a 1,000-member statement is ~100 KB, six times the limit.
-  await home.query(`insert into test_segment (segment_id, id, hash_email) select $1, 'member-' || lpad(g::text, 6, '0'), repeat(md5(g::text), 2) || 'x'
-    from generate_series(1, 1000) g`, [id])
+  await home.query(
+    `insert into test_segment (segment_id, id, hash_email) select $1, 'member-' || lpad(g::text, 6, '0'), repeat(md5(g::text), 2) || 'x'
+    from generate_series(1, 1000) g`,
+    [id],
+  )
   const rows = async () => Number(((await check.query('select count(*) as n, count(distinct member) as d from members')) as any)[0][0].n)
   await until('1,000 rows', async () => (await rows()) === 1000, 60_000)
   await sleep(300)
@@ -304,24 +403,36 @@ test('Postgres as a target: the seed scenario including clear, and the checkpoin
     create table segments (segment_id text primary key, name text, updated timestamptz)`)
   const [{ id }] = await home.query(`select segmenter.create_segment('vip', 'public.test_segment') as id`)
   await home.query(`select segmenter.create_consumer('pgt', 'postgres', 'postgres', 'PG_TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'pg_vip', consumer => 'pgt', segments => array['vip'], syntax => 'altcraft',
+  await home.query(
+    `select segmenter.create_subscription(name => 'pg_vip', consumer => 'pgt', segments => array['vip'], syntax => 'altcraft',
     batch_size => 1000, batch_timeout => '1 s',
-    add_sql => $1, remove_sql => $2, clear_sql => $3, segment_upsert_sql => $4, segment_delete_sql => $5)`, [
-    `INSERT INTO mysegment (segId, clientId, updated)
+    add_sql => $1, remove_sql => $2, clear_sql => $3, segment_upsert_sql => $4, segment_delete_sql => $5)`,
+    [
+      `INSERT INTO mysegment (segId, clientId, updated)
 VALUES
 {for $index, $lead = $batch}
 ({segment_id}, '{$lead.CustomID}', NOW()){autocomma}
 {end}
 ON CONFLICT (segId, clientId) DO UPDATE SET updated = NOW();`,
-    `DELETE FROM mysegment WHERE segId = {segment_id} AND clientId IN ({batch_in "CustomID"})`,
-    `DELETE FROM mysegment WHERE segId = {segment_id}`,
-    `INSERT INTO segments (segment_id, name, updated) VALUES ({segment_id}, '{segment_name}', NOW())
+      `DELETE FROM mysegment WHERE segId = {segment_id} AND clientId IN ({batch_in "CustomID"})`,
+      `DELETE FROM mysegment WHERE segId = {segment_id}`,
+      `INSERT INTO segments (segment_id, name, updated) VALUES ({segment_id}, '{segment_name}', NOW())
 ON CONFLICT (segment_id) DO UPDATE SET name = excluded.name, updated = NOW();`,
-    `DELETE FROM segments WHERE segment_id = {segment_id}`,
-  ])
+      `DELETE FROM segments WHERE segment_id = {segment_id}`,
+    ],
+  )
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: 200, env: { ...process.env, PG_TARGET_URL: target.url } })
-  defer(async () => { await sidecar.stop(); await pool.end() })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 200,
+    env: { ...process.env, PG_TARGET_URL: target.url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
   const n = async () => Number((await target.query('select count(*) as n from mysegment'))[0].n)
 
   await until('segment row', async () => (await target.query('select segment_id, name from segments'))[0])
@@ -344,16 +455,23 @@ ON CONFLICT (segment_id) DO UPDATE SET name = excluded.name, updated = NOW();`,
 
   // The target's checkpoint row: this subscription's sync_key at the last relevant position (the segment_delete).
   const [sub] = await home.query(`select sync_key::text, cursor_pos::text, cursor_ord from segmenter.subscriptions where name = 'pg_vip'`)
-  const [last] = await home.query(`select max(pos)::text as pos from segmenter.changes
-    where segment_id = $1 and (subscription_id is null or subscription_id = (select subscription_id from segmenter.subscriptions where name = 'pg_vip'))`, [id])
+  const [last] = await home.query(
+    `select max(pos)::text as pos from segmenter.changes
+    where segment_id = $1 and (subscription_id is null or subscription_id = (select subscription_id from segmenter.subscriptions where name = 'pg_vip'))`,
+    [id],
+  )
   const [lastEvent] = await home.query(`select event from segmenter.changes where pos = $1`, [last.pos])
   assert.equal(lastEvent.event, 'segment_delete')
   const checkpoints = await target.query('select sync_key, pos::text, ord from segmenter_checkpoint')
   assert.deepEqual(checkpoints, [{ sync_key: sub.sync_key, pos: last.pos, ord: 1 }])
-  await until('home cursor', async () => {
-    const [s] = await home.query(`select cursor_pos::text as pos, cursor_ord as ord from segmenter.subscriptions where name = 'pg_vip'`)
-    return s.pos === last.pos && s.ord === 1
-  }, 5000)
+  await until(
+    'home cursor',
+    async () => {
+      const [s] = await home.query(`select cursor_pos::text as pos, cursor_ord as ord from segmenter.subscriptions where name = 'pg_vip'`)
+      return s.pos === last.pos && s.ord === 1
+    },
+    5000,
+  )
 })
 
 test('subscriptions sharing a consumer: stop() leaves no target connection open', async (t) => {
@@ -363,9 +481,16 @@ test('subscriptions sharing a consumer: stop() leaves no target connection open'
   // on the server is the sidecar's.
   const shared = await freshMysql()
   defer(() => shared.close())
-  const connections = async () => Number((await target.query(
-    'select count(*) as n from information_schema.processlist where db = ? and id <> connection_id()', [shared.database]))[0].n)
-  defer(async () => { // whatever the outcome, end leftover connections so they cannot keep this process alive
+  const connections = async () =>
+    Number(
+      (
+        await target.query('select count(*) as n from information_schema.processlist where db = ? and id <> connection_id()', [
+          shared.database,
+        ])
+      )[0].n,
+    )
+  defer(async () => {
+    // whatever the outcome, end leftover connections so they cannot keep this process alive
     for (const r of await target.query('select id from information_schema.processlist where db = ?', [shared.database])) {
       await target.query(`kill ${Number(r.id)}`).catch(() => {})
     }
@@ -375,19 +500,33 @@ test('subscriptions sharing a consumer: stop() leaves no target connection open'
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'SHARED_URL')`)
   // Four subscriptions on one consumer, all due when the sidecar starts: delivered concurrently.
   for (let i = 1; i <= 4; i++) {
-    await home.query(`select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array['s'], syntax => 'altcraft', batch_size => 100,
-      add_sql => $2, remove_sql => $3)`, [`sub${i}`, `insert into m${i} (member) values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}`,
-      `delete from m${i} where member in ({batch_in "id"})`])
+    await home.query(
+      `select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array['s'], syntax => 'altcraft', batch_size => 100,
+      add_sql => $2, remove_sql => $3)`,
+      [
+        `sub${i}`,
+        `insert into m${i} (member) values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}`,
+        `delete from m${i} where member in ({batch_in "id"})`,
+      ],
+    )
   }
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100) g`, [id])
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: 200, env: { ...process.env, SHARED_URL: shared.url } })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 200,
+    env: { ...process.env, SHARED_URL: shared.url },
+  })
   let stopped: Promise<void> | undefined
   const stop = () => (stopped ??= sidecar.stop().then(() => pool.end()))
   defer(stop)
   for (let i = 1; i <= 4; i++) {
-    await until(`sub${i} delivered`, async () =>
-      Number((await target.query(`select count(*) as n from \`${shared.database}\`.m${i}`))[0].n) === 100)
+    await until(
+      `sub${i} delivered`,
+      async () => Number((await target.query(`select count(*) as n from \`${shared.database}\`.m${i}`))[0].n) === 100,
+    )
   }
   const open = await connections()
   assert.ok(open >= 1, 'the sidecar holds its target connection while running')
@@ -409,16 +548,32 @@ test('survives a restart of the home Postgres', async (t) => {
     const c = new pg.Client({ connectionString: server.url })
     c.on('error', () => {})
     await c.connect()
-    try { return (await c.query(sql, params)).rows } finally { await c.end().catch(() => {}) }
+    try {
+      return (await c.query(sql, params)).rows
+    } finally {
+      await c.end().catch(() => {})
+    }
   }
   await q(SEGMENT_DDL)
   const [{ id }] = await q(`select segmenter.create_segment('h', 'public.test_segment') as id`)
   await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await q(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['h'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 100)`, [T.add, T.remove])
+  await q(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['h'], syntax => 'altcraft',
+    add_sql => $1, remove_sql => $2, batch_size => 100)`,
+    [T.add, T.remove],
+  )
   const pool = createPool(server.url)
-  const sidecar = await startSidecar({ databaseUrl: server.url, pool, log: silent, pollIntervalMs: 200, env: { ...process.env, TARGET_URL: target.url } })
-  defer(async () => { await sidecar.stop(); await pool.end() })
+  const sidecar = await startSidecar({
+    databaseUrl: server.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 200,
+    env: { ...process.env, TARGET_URL: target.url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
 
   await q(`insert into test_segment (segment_id, id) select $1, 'a' || g from generate_series(1, 500) g`, [id])
   await until('first rows', async () => (await count(target)) === 500, 30_000)
@@ -462,10 +617,18 @@ test('CLI: status, stats, preview, dead-letters list and resync with --json; unk
   const json = async (args: string[]) => {
     const r = await cli(args, env)
     assert.equal(r.code, 0, `segmenter ${args.join(' ')} exited ${r.code}: ${r.stderr}`)
-    try { return JSON.parse(r.stdout) } catch { assert.fail(`segmenter ${args.join(' ')} printed no JSON: ${r.stdout}`) }
+    try {
+      return JSON.parse(r.stdout)
+    } catch {
+      assert.fail(`segmenter ${args.join(' ')} printed no JSON: ${r.stdout}`)
+    }
   }
   const [status, stats, preview, dead] = await Promise.all([
-    json(['status', '--json']), json(['stats', '--json']), json(['preview', 'sub', '--json']), json(['dead-letters', 'list', '--json'])])
+    json(['status', '--json']),
+    json(['stats', '--json']),
+    json(['preview', 'sub', '--json']),
+    json(['dead-letters', 'list', '--json']),
+  ])
   assert.ok(Array.isArray(status) && status.length === 1, JSON.stringify(status))
   assert.equal(status[0].subscription, 'sub')
   assert.equal(status[0].state, 'active')
@@ -474,7 +637,11 @@ test('CLI: status, stats, preview, dead-letters list and resync with --json; unk
 
   assert.ok(Array.isArray(stats) && stats.length >= 1, JSON.stringify(stats))
   assert.ok(stats.every((r: { subscription: string }) => r.subscription === 'sub'))
-  assert.equal(stats.reduce((n: number, r: { errors: string }) => n + Number(r.errors), 0), 1, 'the rejected row is one error')
+  assert.equal(
+    stats.reduce((n: number, r: { errors: string }) => n + Number(r.errors), 0),
+    1,
+    'the rejected row is one error',
+  )
   assert.ok(stats.reduce((n: number, r: { rows: string }) => n + Number(r.rows), 0) >= 2)
 
   assert.ok(Array.isArray(preview) && preview.length === 1, JSON.stringify(preview))
@@ -521,8 +688,11 @@ test('graceful stop mid-delivery: whole batches only, checkpoint matches; a new 
   const first = await start({ pollIntervalMs: 100 })
   const [{ id }] = await home.query(`select segmenter.create_segment('g', 'public.test_segment') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['g'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 5000)`, [T.add, T.remove])
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['g'], syntax => 'altcraft',
+    add_sql => $1, remove_sql => $2, batch_size => 5000)`,
+    [T.add, T.remove],
+  )
   await until('initial sync', () => initialSyncDone(home, 'sub'))
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 50000) g`, [id])
 
@@ -534,8 +704,11 @@ test('graceful stop mid-delivery: whole batches only, checkpoint matches; a new 
   assert.equal(delivered % 5000, 0, `no half-committed batch: ${delivered}`)
   const [sub] = await home.query(`select subscription_id, sync_key::text from segmenter.subscriptions where name = 'sub'`)
   const [checkpoint] = await target.query('select pos, ord from segmenter_checkpoint where sync_key = ?', [sub.sync_key])
-  const [{ n: covered }] = await home.query(`select count(*)::int as n from segmenter.events
-    where segment_id = $1 and event = 'add' and (pos, ord) <= ($2::bigint, $3::int)`, [id, checkpoint.pos, checkpoint.ord])
+  const [{ n: covered }] = await home.query(
+    `select count(*)::int as n from segmenter.events
+    where segment_id = $1 and event = 'add' and (pos, ord) <= ($2::bigint, $3::int)`,
+    [id, checkpoint.pos, checkpoint.ord],
+  )
   assert.equal(covered, delivered, `the target's checkpoint (${checkpoint.pos}, ${checkpoint.ord}) covers exactly the delivered rows`)
 
   await start({ pollIntervalMs: 100 })
@@ -546,7 +719,10 @@ test('graceful stop mid-delivery: whole batches only, checkpoint matches; a new 
   assert.equal(Number(row.d), 50_000)
   // Last, so the properties above are checked either way: stop() waits for the batch in flight
   // (sidecar.ts, README: "SIGTERM/SIGINT finish the batch in flight"), not for the rest of the window.
-  assert.ok(delivered < 50_000, `stop() finishes the batch in flight, not the whole window: ${delivered} of 50,000 rows when it resolved (${atStop} when called)`)
+  assert.ok(
+    delivered < 50_000,
+    `stop() finishes the batch in flight, not the whole window: ${delivered} of 50,000 rows when it resolved (${atStop} when called)`,
+  )
 })
 
 test('prune deletes only changes every subscription has passed, and old log rows', async (t) => {
@@ -570,7 +746,9 @@ test('prune deletes only changes every subscription has passed, and old log rows
   await home.query(`select segmenter.add_members('a', array['4'])`)
   await home.query(`select segmenter.sequence_changes()`)
   await home.query(`select * from segmenter.prune()`)
-  assert.deepEqual(await home.query(`select event, member_id from segmenter.events where member_id is not null`), [{ event: 'add', member_id: '4' }])
+  assert.deepEqual(await home.query(`select event, member_id from segmenter.events where member_id is not null`), [
+    { event: 'add', member_id: '4' },
+  ])
   await home.query(`insert into segmenter.log (kind, ok, at) values ('batch', true, now() - interval '40 days'), ('batch', true, now())`)
   const [second] = await home.query(`select log::int from segmenter.prune()`)
   assert.equal(second.log, 1)

@@ -1,21 +1,22 @@
 // Migrations: migrate() applies every db/ file once, is a no-op the second time, serializes when
 // run concurrently, and is interchangeable with applying the files in order with psql.
-import { test } from 'node:test';
-import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { migrate } from '../src/migrate.js';
-import { freshPgPlain, type FreshPg } from './harness/db.js';
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { migrate } from '../src/migrate.js'
+import { freshPgPlain, type FreshPg } from './harness/db.js'
 
-const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const dbDir = join(repo, 'db');
-const files = readdirSync(dbDir).filter((f) => /^\d{4}_[\w-]+\.sql$/.test(f)).sort();
-const names = files.map((f) => f.replace(/\.sql$/, ''));
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const dbDir = join(repo, 'db')
+const files = readdirSync(dbDir)
+  .filter((f) => /^\d{4}_[\w-]+\.sql$/.test(f))
+  .sort()
+const names = files.map((f) => f.replace(/\.sql$/, ''))
 
-const migrations = (db: FreshPg) =>
-  db.query<{ id: number; name: string }>('select id, name from segmenter.migrations order by id');
+const migrations = (db: FreshPg) => db.query<{ id: number; name: string }>('select id, name from segmenter.migrations order by id')
 
 /** Every object the migrations create, to compare two databases. */
 async function catalog(db: FreshPg): Promise<string[]> {
@@ -31,83 +32,100 @@ async function catalog(db: FreshPg): Promise<string[]> {
       join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('segmenter', 'pgboss')
     union all
     select 'queue ' || name from pgboss.queue
-    order by 1`);
-  return rows.map((r) => r.o);
+    order by 1`)
+  return rows.map((r) => r.o)
 }
 
 /** Proves the API works: a segment table registered, a member added and captured. */
 async function smoke(db: FreshPg) {
   await db.query(`create table public.seg (segment_id uuid not null, id text, actual_begin timestamp not null default now(),
-    actual_end timestamp not null default 'infinity', processed timestamp not null default now())`);
-  await db.query(`select segmenter.create_segment('s', 'public.seg')`);
-  await db.query(`select segmenter.add_members('s', array['m1'])`);
-  await db.query('select segmenter.sequence_changes()');
-  const evs = await db.query(`select event::text as event, member_id from segmenter.events order by pos, ord`);
-  assert.deepEqual(evs.map((e) => ({ ...e })), [{ event: 'segment_upsert', member_id: null }, { event: 'add', member_id: 'm1' }]);
+    actual_end timestamp not null default 'infinity', processed timestamp not null default now())`)
+  await db.query(`select segmenter.create_segment('s', 'public.seg')`)
+  await db.query(`select segmenter.add_members('s', array['m1'])`)
+  await db.query('select segmenter.sequence_changes()')
+  const evs = await db.query(`select event::text as event, member_id from segmenter.events order by pos, ord`)
+  assert.deepEqual(
+    evs.map((e) => ({ ...e })),
+    [
+      { event: 'segment_upsert', member_id: null },
+      { event: 'add', member_id: 'm1' },
+    ],
+  )
 }
 
 function psql(file: string, url: string): Promise<void> {
   return new Promise((res, rej) => {
-    const p = spawn('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', file, url], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d) => { err += d; });
-    p.stdout.resume();
-    p.on('error', rej);
-    p.on('exit', (code) => (code === 0 ? res() : rej(new Error(`psql -f ${file} exited ${code}: ${err}`))));
-  });
+    const p = spawn('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', file, url], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let err = ''
+    p.stderr.on('data', (d) => {
+      err += d
+    })
+    p.stdout.resume()
+    p.on('error', rej)
+    p.on('exit', (code) => (code === 0 ? res() : rej(new Error(`psql -f ${file} exited ${code}: ${err}`))))
+  })
 }
 
 test('there are migration files, numbered from 0001 without gaps', () => {
-  assert.ok(files.length >= 2, `db/ has ${files.length} migration file(s)`);
-  assert.deepEqual(files.map((f) => Number(f.slice(0, 4))), files.map((_, i) => i + 1));
-});
+  assert.ok(files.length >= 2, `db/ has ${files.length} migration file(s)`)
+  assert.deepEqual(
+    files.map((f) => Number(f.slice(0, 4))),
+    files.map((_, i) => i + 1),
+  )
+})
 
 test('migrate() on an empty database applies every file; a second run applies nothing', async (t) => {
-  const db = await freshPgPlain();
-  t.after(() => db.close());
-  const first = await migrate(db.url);
-  assert.deepEqual(first.applied, names);
-  assert.deepEqual((await migrations(db)).map((r) => ({ ...r })), names.map((name) => ({ id: Number(name.slice(0, 4)), name })));
-  const second = await migrate(db.url);
-  assert.deepEqual(second.applied, []);
-  assert.equal((await migrations(db)).length, files.length);
-  await smoke(db);
-});
+  const db = await freshPgPlain()
+  t.after(() => db.close())
+  const first = await migrate(db.url)
+  assert.deepEqual(first.applied, names)
+  assert.deepEqual(
+    (await migrations(db)).map((r) => ({ ...r })),
+    names.map((name) => ({ id: Number(name.slice(0, 4)), name })),
+  )
+  const second = await migrate(db.url)
+  assert.deepEqual(second.applied, [])
+  assert.equal((await migrations(db)).length, files.length)
+  await smoke(db)
+})
 
 test('two concurrent migrate() runs serialize: each file applied once, schema complete', async (t) => {
-  const db = await freshPgPlain();
-  t.after(() => db.close());
-  const [r1, r2] = await Promise.all([migrate(db.url), migrate(db.url)]);
-  assert.deepEqual([...r1.applied, ...r2.applied].sort(), [...names].sort(), 'every file applied exactly once in total');
-  assert.ok(r1.applied.length === 0 || r2.applied.length === 0, 'one runner did all the work');
-  const [{ n }] = await db.query(`select count(*)::int as n from segmenter.migrations`) as [{ n: number }];
-  assert.equal(n, files.length);
-  await smoke(db);
-});
+  const db = await freshPgPlain()
+  t.after(() => db.close())
+  const [r1, r2] = await Promise.all([migrate(db.url), migrate(db.url)])
+  assert.deepEqual([...r1.applied, ...r2.applied].sort(), [...names].sort(), 'every file applied exactly once in total')
+  assert.ok(r1.applied.length === 0 || r2.applied.length === 0, 'one runner did all the work')
+  const [{ n }] = (await db.query(`select count(*)::int as n from segmenter.migrations`)) as [{ n: number }]
+  assert.equal(n, files.length)
+  await smoke(db)
+})
 
 test('applying db/*.sql with psql equals migrate(); migrate() afterwards applies nothing', async (t) => {
-  const [viaPsql, viaMigrate] = await Promise.all([freshPgPlain(), freshPgPlain()]);
-  t.after(() => Promise.all([viaPsql.close(), viaMigrate.close()]));
-  for (const f of files) await psql(join(dbDir, f), viaPsql.url);
-  await migrate(viaMigrate.url);
-  const strip = (rows: { id: number; name: string }[]) => rows.map((r) => ({ id: r.id, name: r.name }));
-  assert.deepEqual(strip(await migrations(viaPsql)), strip(await migrations(viaMigrate)));
-  assert.deepEqual(await catalog(viaPsql), await catalog(viaMigrate));
-  const again = await migrate(viaPsql.url);
-  assert.deepEqual(again.applied, []);
-  await smoke(viaPsql);
-});
+  const [viaPsql, viaMigrate] = await Promise.all([freshPgPlain(), freshPgPlain()])
+  t.after(() => Promise.all([viaPsql.close(), viaMigrate.close()]))
+  for (const f of files) await psql(join(dbDir, f), viaPsql.url)
+  await migrate(viaMigrate.url)
+  const strip = (rows: { id: number; name: string }[]) => rows.map((r) => ({ id: r.id, name: r.name }))
+  assert.deepEqual(strip(await migrations(viaPsql)), strip(await migrations(viaMigrate)))
+  assert.deepEqual(await catalog(viaPsql), await catalog(viaMigrate))
+  const again = await migrate(viaPsql.url)
+  assert.deepEqual(again.applied, [])
+  await smoke(viaPsql)
+})
 
 test('segmenter migrate (the CLI, run twice at once) with DATABASE_URL', async (t) => {
-  const db = await freshPgPlain();
-  t.after(() => db.close());
-  const run = () => new Promise<number | null>((res) => {
-    const p = spawn(process.execPath, ['bin/segmenter.js', 'migrate'], {
-      cwd: repo, env: { ...process.env, DATABASE_URL: db.url }, stdio: 'inherit',
-    });
-    p.on('exit', res);
-  });
-  assert.deepEqual(await Promise.all([run(), run()]), [0, 0]);
-  assert.equal((await migrations(db)).length, files.length);
-  assert.deepEqual((await migrate(db.url)).applied, []);
-});
+  const db = await freshPgPlain()
+  t.after(() => db.close())
+  const run = () =>
+    new Promise<number | null>((res) => {
+      const p = spawn(process.execPath, ['bin/segmenter.js', 'migrate'], {
+        cwd: repo,
+        env: { ...process.env, DATABASE_URL: db.url },
+        stdio: 'inherit',
+      })
+      p.on('exit', res)
+    })
+  assert.deepEqual(await Promise.all([run(), run()]), [0, 0])
+  assert.equal((await migrations(db)).length, files.length)
+  assert.deepEqual((await migrate(db.url)).applied, [])
+})

@@ -10,12 +10,13 @@ import { chromium } from 'playwright-core'
 import { freshMysql, freshPg } from './harness/db.js'
 import { sleep, until } from './harness/wait.js'
 
-
 test('segmenter run serves health, readiness, metrics and a status page with the sync chart', async (t) => {
   const home = await freshPg()
   const target = await freshMysql()
   const cleanups: Array<() => Promise<unknown> | unknown> = [() => home.close(), () => target.close()]
-  t.after(async () => { for (const f of cleanups.reverse()) await f() })
+  t.after(async () => {
+    for (const f of cleanups.reverse()) await f()
+  })
   await target.query('create table members (member varchar(64) not null)')
   await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
     actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
@@ -28,13 +29,27 @@ test('segmenter run serves health, readiness, metrics and a status page with the
     add_sql => 'insert into members values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}', remove_sql => 'delete from members where member in ({batch_in "id"})')`)
 
   const child = spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-    env: { ...process.env, DATABASE_URL: home.url, TARGET_URL: target.url, DOWN_URL: 'mysql://root@127.0.0.1:1/none', SEGMENTER_HTTP_PORT: '0', SEGMENTER_POLL_INTERVAL_MS: '200' },
+    env: {
+      ...process.env,
+      DATABASE_URL: home.url,
+      TARGET_URL: target.url,
+      DOWN_URL: 'mysql://root@127.0.0.1:1/none',
+      SEGMENTER_HTTP_PORT: '0',
+      SEGMENTER_POLL_INTERVAL_MS: '200',
+    },
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   const exited = new Promise<number | null>((r) => child.once('exit', r))
-  cleanups.push(async () => { if (child.exitCode === null) { child.kill('SIGKILL'); await exited } })
+  cleanups.push(async () => {
+    if (child.exitCode === null) {
+      child.kill('SIGKILL')
+      await exited
+    }
+  })
   let stderr = ''
-  child.stderr!.on('data', (d) => { stderr += d })
+  child.stderr!.on('data', (d) => {
+    stderr += d
+  })
   const base = await until('the HTTP endpoint', async () => stderr.match(/"http":"(http:\/\/[^"]+)"/)?.[1])
 
   assert.equal(await (await fetch(`${base}/healthz`)).text(), 'ok\n')
@@ -55,7 +70,16 @@ test('segmenter run serves health, readiness, metrics and a status page with the
 
   const browser = await chromium.launch({
     executablePath: '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   })
   cleanups.push(() => browser.close())
   const page = await browser.newPage({ viewport: { width: 1000, height: 700 } })
@@ -65,8 +89,8 @@ test('segmenter run serves health, readiness, metrics and a status page with the
   assert.match(await okRow.innerText(), /ops_sub\s+active\s+maria\s+0/)
   const broken = await page.locator('tr[data-subscription="broken_sub"]').innerText()
   assert.match(broken, /ECONNREFUSED/)
-  assert.ok(await page.locator('#chart polyline.series-ok').count() === 1, 'the chart draws successful queries')
-  assert.ok(await page.locator('#chart .series-errors-point').count() >= 1, 'and errors')
+  assert.ok((await page.locator('#chart polyline.series-ok').count()) === 1, 'the chart draws successful queries')
+  assert.ok((await page.locator('#chart .series-errors-point').count()) >= 1, 'and errors')
   const shot = join(await mkdtemp(join(tmpdir(), 'segmenter-shot-')), 'status.png')
   await page.screenshot({ path: shot, fullPage: true })
   const png = await readFile(shot)

@@ -25,13 +25,24 @@ test('kill -9 of the sidecar during a 100,000-member delivery: nothing lost, not
   await home.query(DDL)
   const [{ id }] = await home.query(`select segmenter.create_segment('big', 'seg') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'big', consumer => 'maria', segments => array['big'], add_sql => $1, remove_sql => $2, batch_size => 500, syntax => 'altcraft')`, [ADD, REMOVE])
+  await home.query(
+    `select segmenter.create_subscription(name => 'big', consumer => 'maria', segments => array['big'], add_sql => $1, remove_sql => $2, batch_size => 500, syntax => 'altcraft')`,
+    [ADD, REMOVE],
+  )
   await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [id])
   const count = async () => Number((await target.query('select count(*) as n from members'))[0].n)
-  const run = (): ChildProcess => spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-    env: { ...process.env, DATABASE_URL: home.url, TARGET_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_POLL_INTERVAL_MS: '100', SEGMENTER_HTTP_PORT: '0' },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  })
+  const run = (): ChildProcess =>
+    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+      env: {
+        ...process.env,
+        DATABASE_URL: home.url,
+        TARGET_URL: target.url,
+        SEGMENTER_LOG_LEVEL: 'warn',
+        SEGMENTER_POLL_INTERVAL_MS: '100',
+        SEGMENTER_HTTP_PORT: '0',
+      },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    })
   let kills = 0
   for (const threshold of [5_000, 25_000, 45_000, 65_000]) {
     const child = run()
@@ -63,22 +74,37 @@ test('two sidecars at once give the exact result, in order', async (t) => {
   await home.query(DDL)
   const [{ id }] = await home.query(`select segmenter.create_segment('two', 'seg') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'two', consumer => 'maria', segments => array['two'], add_sql => $1, remove_sql => $2, batch_size => 50, syntax => 'altcraft')`, [ADD, REMOVE])
+  await home.query(
+    `select segmenter.create_subscription(name => 'two', consumer => 'maria', segments => array['two'], add_sql => $1, remove_sql => $2, batch_size => 50, syntax => 'altcraft')`,
+    [ADD, REMOVE],
+  )
   const env = { ...process.env, TARGET_URL: target.url }
   const pools = [createPool(home.url), createPool(home.url)]
-  const sidecars = await Promise.all(pools.map((pool) => startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 50, env })))
-  defer(async () => { for (const s of sidecars) await s.stop(); for (const p of pools) await p.end() })
+  const sidecars = await Promise.all(
+    pools.map((pool) => startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 50, env })),
+  )
+  defer(async () => {
+    for (const s of sidecars) await s.stop()
+    for (const p of pools) await p.end()
+  })
   // Members enter, leave and re-enter across many statements: only in-order delivery ends right.
   for (let round = 0; round < 20; round++) {
     await home.query(`insert into seg (segment_id, id) select $1, 'r${round}-' || g from generate_series(1, 200) g`, [id])
-    await home.query(`update seg set actual_end = now() where actual_end = 'infinity' and id like 'r${round}-%' and split_part(id, '-', 2)::int % 3 = 0`)
-    if (round % 4 === 3) await home.query(`update seg set actual_end = 'infinity' where id like 'r${round - 1}-%' and split_part(id, '-', 2)::int % 3 = 0`)
+    await home.query(
+      `update seg set actual_end = now() where actual_end = 'infinity' and id like 'r${round}-%' and split_part(id, '-', 2)::int % 3 = 0`,
+    )
+    if (round % 4 === 3)
+      await home.query(`update seg set actual_end = 'infinity' where id like 'r${round - 1}-%' and split_part(id, '-', 2)::int % 3 = 0`)
   }
   const expected = (await home.query(`select id from seg where actual_end = 'infinity' order by id`)).map((r) => r.id)
-  await until('converged', async () => {
-    const rows = await target.query('select member from members order by member')
-    return rows.length === expected.length && rows.every((r: { member: string }, i: number) => r.member === expected[i])
-  }, 60_000)
+  await until(
+    'converged',
+    async () => {
+      const rows = await target.query('select member from members order by member')
+      return rows.length === expected.length && rows.every((r: { member: string }, i: number) => r.member === expected[i])
+    },
+    60_000,
+  )
   const [dups] = await target.query('select count(*) - count(distinct member) as d from members')
   assert.equal(Number(dups.d), 0)
 })
@@ -97,13 +123,31 @@ test('target down for 30 s mid-delivery: retries, errors counted, then catches u
   await home.query(DDL)
   const [{ id }] = await home.query(`select segmenter.create_segment('down', 'seg') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(`select segmenter.create_subscription(name => 'down', consumer => 'maria', segments => array['down'], add_sql => $1, remove_sql => $2, batch_size => 100, syntax => 'altcraft')`, [ADD, REMOVE])
+  await home.query(
+    `select segmenter.create_subscription(name => 'down', consumer => 'maria', segments => array['down'], add_sql => $1, remove_sql => $2, batch_size => 100, syntax => 'altcraft')`,
+    [ADD, REMOVE],
+  )
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 100, retryBaseMs: 200, retryMaxMs: 2000, env: { ...process.env, TARGET_URL: url } })
-  defer(async () => { await sidecar.stop(); await pool.end() })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: pino({ level: 'silent' }),
+    pollIntervalMs: 100,
+    retryBaseMs: 200,
+    retryMaxMs: 2000,
+    env: { ...process.env, TARGET_URL: url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
   const count = async () => {
     const c = await mysql.createConnection(url)
-    try { return Number(((await c.query('select count(*) as n from members')) as any)[0][0].n) } finally { await c.end() }
+    try {
+      return Number(((await c.query('select count(*) as n from members')) as any)[0][0].n)
+    } finally {
+      await c.end()
+    }
   }
   await home.query(`insert into seg (segment_id, id) select $1, 'a' || g from generate_series(1, 1000) g`, [id])
   await until('first part', async () => (await count()) === 1000)

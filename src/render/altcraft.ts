@@ -18,7 +18,7 @@ import {
   type Piece,
   type RenderContext,
   type SlotContext,
-} from './literals.js';
+} from './literals.js'
 
 type Tag =
   | { t: 'var'; name: 'segment_id' | 'segment_name' | 'audience' }
@@ -27,173 +27,206 @@ type Tag =
   | { t: 'for'; index?: string; lead: string }
   | { t: 'end' }
   | { t: 'autocomma' }
-  | { t: 'batch_in'; field: string };
-type Tok = { kind: 'text'; text: string; at: number } | { kind: 'tag'; tag: Tag; raw: string; at: number };
+  | { t: 'batch_in'; field: string }
+type Tok = { kind: 'text'; text: string; at: number } | { kind: 'tag'; tag: Tag; raw: string; at: number }
 type Node =
   | { k: 'text'; piece: number }
-  | { k: 'slot'; slot: number; what: string; value: (ctx: RenderContext, lead: Record<string, unknown> | undefined, index: number) => unknown }
+  | {
+      k: 'slot'
+      slot: number
+      what: string
+      value: (ctx: RenderContext, lead: Record<string, unknown> | undefined, index: number) => unknown
+    }
   | { k: 'loop'; body: Node[] }
-  | { k: 'comma' };
+  | { k: 'comma' }
 
-const KNOWN = '{segment_id}, {segment_name}, {audience}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}';
-const TAG = /\{([$A-Za-z][^{}\n]*)\}/g;
+const KNOWN =
+  '{segment_id}, {segment_name}, {audience}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}'
+const TAG = /\{([$A-Za-z][^{}\n]*)\}/g
 
 function parseTag(body: string): Tag | undefined {
-  const b = body.trim();
-  let m: RegExpMatchArray | null;
-  if (b === 'segment_id' || b === 'segment_name' || b === 'audience') return { t: 'var', name: b };
-  if (b === 'end') return { t: 'end' };
-  if (b === 'autocomma') return { t: 'autocomma' };
-  if ((m = /^for\s+(?:\$(\w+)\s*,\s*)?\$(\w+)\s*=\s*\$batch$/.exec(b))) return { t: 'for', index: m[1], lead: m[2]! };
-  if ((m = /^batch_in\s+(?:"([^"]+)"|'([^']+)'|([\w$]+))$/.exec(b))) return { t: 'batch_in', field: (m[1] ?? m[2] ?? m[3])! };
-  if ((m = /^\$(\w+)\.([\w$]+)$/.exec(b))) return { t: 'field', v: m[1]!, field: m[2]! };
-  if ((m = /^\$(\w+)$/.exec(b))) return { t: 'index', v: m[1]! };
-  return undefined;
+  const b = body.trim()
+  let m: RegExpMatchArray | null
+  if (b === 'segment_id' || b === 'segment_name' || b === 'audience') return { t: 'var', name: b }
+  if (b === 'end') return { t: 'end' }
+  if (b === 'autocomma') return { t: 'autocomma' }
+  if ((m = /^for\s+(?:\$(\w+)\s*,\s*)?\$(\w+)\s*=\s*\$batch$/.exec(b))) return { t: 'for', index: m[1], lead: m[2]! }
+  if ((m = /^batch_in\s+(?:"([^"]+)"|'([^']+)'|([\w$]+))$/.exec(b))) return { t: 'batch_in', field: (m[1] ?? m[2] ?? m[3])! }
+  if ((m = /^\$(\w+)\.([\w$]+)$/.exec(b))) return { t: 'field', v: m[1]!, field: m[2]! }
+  if ((m = /^\$(\w+)$/.exec(b))) return { t: 'index', v: m[1]! }
+  return undefined
 }
 
 function tokenize(source: string): Tok[] {
-  const toks: Tok[] = [];
-  let last = 0;
+  const toks: Tok[] = []
+  let last = 0
   for (const m of source.matchAll(TAG)) {
-    const tag = parseTag(m[1]!);
-    if (!tag) throw templateError(source, m.index, `unknown tag ${m[0]}`, `Known tags: ${KNOWN}. A "{" followed by a space is plain text.`);
-    toks.push({ kind: 'text', text: source.slice(last, m.index), at: last }, { kind: 'tag', tag, raw: m[0], at: m.index });
-    last = m.index + m[0].length;
+    const tag = parseTag(m[1]!)
+    if (!tag) throw templateError(source, m.index, `unknown tag ${m[0]}`, `Known tags: ${KNOWN}. A "{" followed by a space is plain text.`)
+    toks.push({ kind: 'text', text: source.slice(last, m.index), at: last }, { kind: 'tag', tag, raw: m[0], at: m.index })
+    last = m.index + m[0].length
   }
-  toks.push({ kind: 'text', text: source.slice(last), at: last });
+  toks.push({ kind: 'text', text: source.slice(last), at: last })
   // Standalone {for}/{end} lines vanish entirely; decided on the untrimmed text first so
   // two consecutive standalone lines both qualify.
   const standalone = toks.map((tok, i) => {
-    if (tok.kind !== 'tag' || (tok.tag.t !== 'for' && tok.tag.t !== 'end')) return false;
-    const before = (toks[i - 1] as { text: string }).text;
-    const after = (toks[i + 1] as { text: string }).text;
-    return (/\n[ \t]*$/.test(before) || (i === 1 && /^[ \t]*$/.test(before))) && (/^[ \t]*\r?\n/.test(after) || (i === toks.length - 2 && /^[ \t]*$/.test(after)));
-  });
+    if (tok.kind !== 'tag' || (tok.tag.t !== 'for' && tok.tag.t !== 'end')) return false
+    const before = (toks[i - 1] as { text: string }).text
+    const after = (toks[i + 1] as { text: string }).text
+    return (
+      (/\n[ \t]*$/.test(before) || (i === 1 && /^[ \t]*$/.test(before))) &&
+      (/^[ \t]*\r?\n/.test(after) || (i === toks.length - 2 && /^[ \t]*$/.test(after)))
+    )
+  })
   standalone.forEach((yes, i) => {
-    if (!yes) return;
-    const before = toks[i - 1] as { text: string };
-    const after = toks[i + 1] as { text: string; at: number };
-    before.text = before.text.replace(/[ \t]*$/, '');
-    const cut = /^[ \t]*(\r?\n)?/.exec(after.text)![0].length;
-    after.text = after.text.slice(cut);
-    after.at += cut;
-  });
-  return toks;
+    if (!yes) return
+    const before = toks[i - 1] as { text: string }
+    const after = toks[i + 1] as { text: string; at: number }
+    before.text = before.text.replace(/[ \t]*$/, '')
+    const cut = /^[ \t]*(\r?\n)?/.exec(after.text)![0].length
+    after.text = after.text.slice(cut)
+    after.at += cut
+  })
+  return toks
 }
 
 export function compileAltcraft(source: string, dialect: Dialect): { fields: string[]; render(ctx: RenderContext): string } {
-  const toks = tokenize(source);
-  const pieces: Piece[] = [];
-  const fields = new Set<string>();
-  const batchIn: Array<{ slot: number; at: number; raw: string }> = [];
-  const root: Node[] = [];
-  let body = root;
-  let loop: { index?: string; lead: string; at: number } | undefined;
-  let slots = 0;
+  const toks = tokenize(source)
+  const pieces: Piece[] = []
+  const fields = new Set<string>()
+  const batchIn: Array<{ slot: number; at: number; raw: string }> = []
+  const root: Node[] = []
+  let body = root
+  let loop: { index?: string; lead: string; at: number } | undefined
+  let slots = 0
   const fail = (at: number, problem: string, fix: string): never => {
-    throw templateError(source, at, problem, fix);
-  };
+    throw templateError(source, at, problem, fix)
+  }
   const slot = (tok: Tok & { kind: 'tag' }, value: Extract<Node, { k: 'slot' }>['value'], what = tok.raw) => {
-    pieces.push({ kind: 'slot', at: tok.at, name: tok.raw });
-    body.push({ k: 'slot', slot: slots++, what, value });
-  };
+    pieces.push({ kind: 'slot', at: tok.at, name: tok.raw })
+    body.push({ k: 'slot', slot: slots++, what, value })
+  }
 
   for (const tok of toks) {
     if (tok.kind === 'text') {
-      body.push({ k: 'text', piece: pieces.length });
-      pieces.push(tok);
-      continue;
+      body.push({ k: 'text', piece: pieces.length })
+      pieces.push(tok)
+      continue
     }
-    const tag = tok.tag;
+    const tag = tok.tag
     switch (tag.t) {
       case 'var': {
-        const name = tag.name;
-        slot(tok, (ctx) => ctx[name]);
-        break;
+        const name = tag.name
+        slot(tok, (ctx) => ctx[name])
+        break
       }
       case 'for': {
-        if (loop) fail(tok.at, 'nested {for} loops are not supported', 'close the first loop with {end} before starting another');
-        if (tag.index === tag.lead) fail(tok.at, `${tok.raw} uses $${tag.lead} for both the index and the member`, 'give them different names, e.g. {for $index, $lead = $batch}');
-        loop = { index: tag.index, lead: tag.lead, at: tok.at };
-        pieces.push({ kind: 'ctl', at: tok.at, name: tok.raw });
-        const node: Node = { k: 'loop', body: [] };
-        body.push(node);
-        body = node.body;
-        break;
+        if (loop) fail(tok.at, 'nested {for} loops are not supported', 'close the first loop with {end} before starting another')
+        if (tag.index === tag.lead)
+          fail(
+            tok.at,
+            `${tok.raw} uses $${tag.lead} for both the index and the member`,
+            'give them different names, e.g. {for $index, $lead = $batch}',
+          )
+        loop = { index: tag.index, lead: tag.lead, at: tok.at }
+        pieces.push({ kind: 'ctl', at: tok.at, name: tok.raw })
+        const node: Node = { k: 'loop', body: [] }
+        body.push(node)
+        body = node.body
+        break
       }
       case 'end':
-        if (!loop) fail(tok.at, '{end} without a matching {for}', 'remove it, or open the loop with {for $index, $lead = $batch}');
-        pieces.push({ kind: 'ctl', at: tok.at, name: tok.raw });
-        loop = undefined;
-        body = root;
-        break;
+        if (!loop) fail(tok.at, '{end} without a matching {for}', 'remove it, or open the loop with {for $index, $lead = $batch}')
+        pieces.push({ kind: 'ctl', at: tok.at, name: tok.raw })
+        loop = undefined
+        body = root
+        break
       case 'autocomma':
-        if (!loop) fail(tok.at, '{autocomma} outside a {for} loop', 'use it inside {for $index, $lead = $batch} … {end}, where it separates the rows');
-        pieces.push({ kind: 'fixed', at: tok.at });
-        body.push({ k: 'comma' });
-        break;
+        if (!loop)
+          fail(
+            tok.at,
+            '{autocomma} outside a {for} loop',
+            'use it inside {for $index, $lead = $batch} … {end}, where it separates the rows',
+          )
+        pieces.push({ kind: 'fixed', at: tok.at })
+        body.push({ k: 'comma' })
+        break
       case 'field': {
-        if (!loop) fail(tok.at, `${tok.raw} outside a {for} loop`, `use it between {for $index, $lead = $batch} and {end}, or {batch_in "${tag.field}"} for a list`);
-        if (tag.v !== loop!.lead) fail(tok.at, `unknown variable $${tag.v} in ${tok.raw}`, `the loop names its member $${loop!.lead}: write {$${loop!.lead}.${tag.field}}`);
-        const field = tag.field;
-        fields.add(field);
-        slot(tok, (_ctx, lead) => fieldValue(lead!, field), field);
-        break;
+        if (!loop)
+          fail(
+            tok.at,
+            `${tok.raw} outside a {for} loop`,
+            `use it between {for $index, $lead = $batch} and {end}, or {batch_in "${tag.field}"} for a list`,
+          )
+        if (tag.v !== loop!.lead)
+          fail(
+            tok.at,
+            `unknown variable $${tag.v} in ${tok.raw}`,
+            `the loop names its member $${loop!.lead}: write {$${loop!.lead}.${tag.field}}`,
+          )
+        const field = tag.field
+        fields.add(field)
+        slot(tok, (_ctx, lead) => fieldValue(lead!, field), field)
+        break
       }
       case 'index':
-        if (!loop) fail(tok.at, `${tok.raw} outside a {for} loop`, 'use it between {for $index, $lead = $batch} and {end}');
-        if (tag.v !== loop!.index && tag.v !== loop!.lead) fail(tok.at, `unknown variable ${tok.raw}`, `Known tags: ${KNOWN}`);
-        if (tag.v === loop!.lead) fail(tok.at, `${tok.raw} is a whole row`, `write {$${tag.v}.Field} to use one of its columns`);
-        slot(tok, (_ctx, _lead, index) => index);
-        break;
+        if (!loop) fail(tok.at, `${tok.raw} outside a {for} loop`, 'use it between {for $index, $lead = $batch} and {end}')
+        if (tag.v !== loop!.index && tag.v !== loop!.lead) fail(tok.at, `unknown variable ${tok.raw}`, `Known tags: ${KNOWN}`)
+        if (tag.v === loop!.lead) fail(tok.at, `${tok.raw} is a whole row`, `write {$${tag.v}.Field} to use one of its columns`)
+        slot(tok, (_ctx, _lead, index) => index)
+        break
       case 'batch_in': {
-        const field = tag.field;
-        fields.add(field);
-        batchIn.push({ slot: slots, at: tok.at, raw: tok.raw });
+        const field = tag.field
+        fields.add(field)
+        batchIn.push({ slot: slots, at: tok.at, raw: tok.raw })
         slot(tok, (ctx) => {
           // IN (NULL) is valid SQL and matches nothing, so an empty batch stays harmless.
-          const items = ctx.batch.map((m) => renderSlot(fieldValue(m, field), { kind: 'bare', space: false }, dialect, field));
-          return new SqlFragment(items.length ? items.join(', ') : 'NULL');
-        });
-        break;
+          const items = ctx.batch.map((m) => renderSlot(fieldValue(m, field), { kind: 'bare', space: false }, dialect, field))
+          return new SqlFragment(items.length ? items.join(', ') : 'NULL')
+        })
+        break
       }
     }
   }
-  if (loop) fail(loop.at, '{for} is never closed', 'add {end} after the loop body');
+  if (loop) fail(loop.at, '{for} is never closed', 'add {end} after the loop body')
 
-  const { contexts, texts } = analyze(pieces, dialect, source);
+  const { contexts, texts } = analyze(pieces, dialect, source)
   for (const b of batchIn)
-    if (contexts[b.slot]!.kind !== 'bare') fail(b.at, `${b.raw} produces a list of literals and cannot stand inside quotes`, `write IN (${b.raw}) without quotes`);
+    if (contexts[b.slot]!.kind !== 'bare')
+      fail(b.at, `${b.raw} produces a list of literals and cannot stand inside quotes`, `write IN (${b.raw}) without quotes`)
 
   // Output is collected in pieces and joined once; only the last two characters are kept as a
   // string, because reading the end of a growing concatenated string flattens it each time
   // (quadratic: a 5,000-member batch took 1.2 s instead of 26 ms).
-  interface Out { parts: string[]; tail: string }
+  interface Out {
+    parts: string[]
+    tail: string
+  }
   const write = (out: Out, piece: string) => {
-    if (piece.length === 0) return;
-    out.parts.push(piece);
-    out.tail = (out.tail + piece).slice(-2);
-  };
+    if (piece.length === 0) return
+    out.parts.push(piece)
+    out.tail = (out.tail + piece).slice(-2)
+  }
   const emit = (nodes: Node[], ctx: RenderContext, out: Out, lead?: Record<string, unknown>, index = 0, last = true) => {
     for (const n of nodes) {
-      if (n.k === 'text') write(out, texts[n.piece]!);
-      else if (n.k === 'comma') write(out, last ? '' : ',');
-      else if (n.k === 'loop') ctx.batch.forEach((m, i) => emit(n.body, ctx, out, m, i, i === ctx.batch.length - 1));
+      if (n.k === 'text') write(out, texts[n.piece]!)
+      else if (n.k === 'comma') write(out, last ? '' : ',')
+      else if (n.k === 'loop') ctx.batch.forEach((m, i) => emit(n.body, ctx, out, m, i, i === ctx.batch.length - 1))
       else {
-        let c: SlotContext = contexts[n.slot]!;
+        let c: SlotContext = contexts[n.slot]!
         // Decided on the actual output: a literal glued to a word (E'…', N'…', _charset'…')
         // would change how the server reads it.
-        if (c.kind === 'bare') c = { kind: 'bare', space: WORD_END.test(out.tail) };
-        write(out, renderSlot(n.value(ctx, lead, index), c, dialect, n.what));
+        if (c.kind === 'bare') c = { kind: 'bare', space: WORD_END.test(out.tail) }
+        write(out, renderSlot(n.value(ctx, lead, index), c, dialect, n.what))
       }
     }
-  };
+  }
   return {
     fields: [...fields],
     render(ctx) {
-      const out: Out = { parts: [], tail: '' };
-      emit(root, ctx, out);
-      return out.parts.join('');
+      const out: Out = { parts: [], tail: '' }
+      emit(root, ctx, out)
+      return out.parts.join('')
     },
-  };
+  }
 }

@@ -13,33 +13,40 @@
 // - Oracle: '' is NULL there, so an empty string reaches Oracle as NULL; booleans are 1/0
 //   because SQL-level TRUE/FALSE only exists from 23ai.
 
-export type Dialect = 'mysql' | 'postgres' | 'mssql' | 'oracle' | 'bigquery' | 'clickhouse';
-export type Syntax = 'squirrelly' | 'altcraft';
-export const DIALECTS: readonly Dialect[] = ['mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse'];
-export const SYNTAXES: readonly Syntax[] = ['squirrelly', 'altcraft'];
+export type Dialect = 'mysql' | 'postgres' | 'mssql' | 'oracle' | 'bigquery' | 'clickhouse'
+export type Syntax = 'squirrelly' | 'altcraft'
+export const DIALECTS: readonly Dialect[] = ['mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse']
+export const SYNTAXES: readonly Syntax[] = ['squirrelly', 'altcraft']
 
 export interface RenderContext {
-  segment_id: string;
-  segment_name: string;
-  audience: string | null;
+  segment_id: string
+  segment_name: string
+  audience: string | null
   /** One object per member, keyed by the segment table's column names. */
-  batch: Array<Record<string, unknown>>;
+  batch: Array<Record<string, unknown>>
 }
 
 export class TemplateError extends Error {
-  readonly code = 'TEMPLATE_INVALID';
-  constructor(message: string, readonly line?: number, readonly col?: number) {
-    super(message);
-    this.name = 'TemplateError';
+  readonly code = 'TEMPLATE_INVALID'
+  constructor(
+    message: string,
+    readonly line?: number,
+    readonly col?: number,
+  ) {
+    super(message)
+    this.name = 'TemplateError'
   }
 }
 
 /** A value that cannot be written as a literal for the dialect (NUL in PostgreSQL text, …). */
 export class ValueError extends Error {
-  readonly code = 'VALUE_INVALID';
-  constructor(message: string, public field?: string) {
-    super(message);
-    this.name = 'ValueError';
+  readonly code = 'VALUE_INVALID'
+  constructor(
+    message: string,
+    public field?: string,
+  ) {
+    super(message)
+    this.name = 'ValueError'
   }
 }
 
@@ -49,181 +56,182 @@ export class SqlFragment {
 }
 
 export function lineCol(source: string, offset: number): { line: number; col: number } {
-  const before = source.slice(0, offset).split('\n');
-  return { line: before.length, col: before[before.length - 1]!.length + 1 };
+  const before = source.slice(0, offset).split('\n')
+  return { line: before.length, col: before[before.length - 1]!.length + 1 }
 }
 
 export function templateError(source: string, offset: number, problem: string, fix: string): TemplateError {
-  const { line, col } = lineCol(source, offset);
-  return new TemplateError(`${problem} at line ${line}:${col}. ${fix}`, line, col);
+  const { line, col } = lineCol(source, offset)
+  return new TemplateError(`${problem} at line ${line}:${col}. ${fix}`, line, col)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Literals
 
-const CONTROL = /[\x00-\x1f\x7f]/;
-const LONE_SURROGATE = /\p{Cs}/u;
+const CONTROL = /[\x00-\x1f\x7f]/
+const LONE_SURROGATE = /\p{Cs}/u
 
 export function literal(value: unknown, dialect: Dialect): string {
-  if (value === null || value === undefined) return 'NULL';
+  if (value === null || value === undefined) return 'NULL'
   switch (typeof value) {
     case 'boolean':
-      return dialect === 'mssql' || dialect === 'oracle' ? (value ? '1' : '0') : value ? 'TRUE' : 'FALSE';
+      return dialect === 'mssql' || dialect === 'oracle' ? (value ? '1' : '0') : value ? 'TRUE' : 'FALSE'
     case 'bigint':
       // Parenthesised so `a -{x}` cannot become `a --5`, a comment that swallows the line.
-      return value < 0n ? `(${value})` : String(value);
+      return value < 0n ? `(${value})` : String(value)
     case 'number':
-      if (!Number.isFinite(value)) return stringLiteral(String(value), dialect);
-      return value < 0 ? `(${value})` : String(value);
+      if (!Number.isFinite(value)) return stringLiteral(String(value), dialect)
+      return value < 0 ? `(${value})` : String(value)
     case 'string':
-      return stringLiteral(value, dialect);
+      return stringLiteral(value, dialect)
     case 'object':
-      return stringLiteral(textOf(value), dialect);
+      return stringLiteral(textOf(value), dialect)
     default:
-      throw new ValueError(`a ${typeof value} cannot be written as an SQL literal`);
+      throw new ValueError(`a ${typeof value} cannot be written as an SQL literal`)
   }
 }
 
 /** The text a value stands for when the template puts it inside quotes. */
 export function textOf(value: unknown): string {
-  if (typeof value === 'string') return value;
-  if (value instanceof Date) return formatDate(value);
+  if (typeof value === 'string') return value
+  if (value instanceof Date) return formatDate(value)
   if (typeof value === 'object' && value !== null) {
-    const json = JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
-    if (json === undefined) throw new ValueError('the object has no JSON form');
-    return json;
+    const json = JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))
+    if (json === undefined) throw new ValueError('the object has no JSON form')
+    return json
   }
-  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value);
-  throw new ValueError(`a ${typeof value} cannot be written as SQL text`);
+  if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') return String(value)
+  throw new ValueError(`a ${typeof value} cannot be written as SQL text`)
 }
 
 function formatDate(d: Date): string {
-  const y = d.getUTCFullYear();
-  if (Number.isNaN(d.getTime()) || y < 0 || y > 9999) throw new ValueError('the date is invalid or outside years 0-9999');
-  const p = (n: number, w = 2) => String(n).padStart(w, '0');
-  return `${p(y, 4)}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}.${p(d.getUTCMilliseconds(), 3)}`;
+  const y = d.getUTCFullYear()
+  if (Number.isNaN(d.getTime()) || y < 0 || y > 9999) throw new ValueError('the date is invalid or outside years 0-9999')
+  const p = (n: number, w = 2) => String(n).padStart(w, '0')
+  return `${p(y, 4)}-${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}.${p(d.getUTCMilliseconds(), 3)}`
 }
 
-const dq = (s: string) => s.replaceAll("'", "''");
+const dq = (s: string) => s.replaceAll("'", "''")
 
 /** Backslash escaping shared by BigQuery and ClickHouse (the only escape both always honour). */
 function backslashEscape(s: string, quote: string, nul: string): string {
-  let out = '';
+  let out = ''
   for (const ch of s) {
-    if (ch === '\\' || ch === quote) out += '\\' + ch;
-    else if (ch === '\n') out += '\\n';
-    else if (ch === '\r') out += '\\r';
-    else if (ch === '\t') out += '\\t';
-    else if (ch === '\0') out += nul;
-    else if (CONTROL.test(ch)) out += '\\x' + ch.charCodeAt(0).toString(16).padStart(2, '0');
-    else out += ch;
+    if (ch === '\\' || ch === quote) out += '\\' + ch
+    else if (ch === '\n') out += '\\n'
+    else if (ch === '\r') out += '\\r'
+    else if (ch === '\t') out += '\\t'
+    else if (ch === '\0') out += nul
+    else if (CONTROL.test(ch)) out += '\\x' + ch.charCodeAt(0).toString(16).padStart(2, '0')
+    else out += ch
   }
-  return out;
+  return out
 }
 
 // NUL cannot sit raw inside an SQL Server or Oracle literal, so it becomes a function call
 // glued on with the dialect's concatenation operator.
 function withNul(s: string, quote: (part: string) => string, nul: string, concat: string): string {
-  if (!s.includes('\0')) return quote(s);
-  const parts: string[] = [];
+  if (!s.includes('\0')) return quote(s)
+  const parts: string[] = []
   s.split('\0').forEach((part, i) => {
-    if (i > 0) parts.push(nul);
-    if (part) parts.push(quote(part));
-  });
-  return parts.length === 1 ? parts[0]! : `(${parts.join(concat)})`;
+    if (i > 0) parts.push(nul)
+    if (part) parts.push(quote(part))
+  })
+  return parts.length === 1 ? parts[0]! : `(${parts.join(concat)})`
 }
 
 export function stringLiteral(s: string, dialect: Dialect): string {
-  if (LONE_SURROGATE.test(s)) throw new ValueError('the string is not valid Unicode (lone surrogate)');
+  if (LONE_SURROGATE.test(s)) throw new ValueError('the string is not valid Unicode (lone surrogate)')
   switch (dialect) {
     case 'mysql':
       // A backslash means different things with and without NO_BACKSLASH_ESCAPES; a hex
       // literal does not. The introducer keeps it text and, unlike CONVERT(), coercible to
       // the column's collation.
-      return /[\\\x00-\x1f\x7f]/.test(s) ? `_utf8mb4 X'${Buffer.from(s, 'utf8').toString('hex').toUpperCase()}'` : `'${dq(s)}'`;
+      return /[\\\x00-\x1f\x7f]/.test(s) ? `_utf8mb4 X'${Buffer.from(s, 'utf8').toString('hex').toUpperCase()}'` : `'${dq(s)}'`
     case 'postgres':
-      if (s.includes('\0')) throw new ValueError('PostgreSQL text cannot contain the NUL character');
-      return s.includes('\\') ? `E'${dq(s.replaceAll('\\', '\\\\'))}'` : `'${dq(s)}'`;
+      if (s.includes('\0')) throw new ValueError('PostgreSQL text cannot contain the NUL character')
+      return s.includes('\\') ? `E'${dq(s.replaceAll('\\', '\\\\'))}'` : `'${dq(s)}'`
     case 'mssql':
-      return withNul(s, (p) => `N'${dq(p)}'`, 'NCHAR(0)', '+');
+      return withNul(s, (p) => `N'${dq(p)}'`, 'NCHAR(0)', '+')
     case 'oracle':
-      return withNul(s, (p) => `'${dq(p)}'`, 'CHR(0)', '||');
+      return withNul(s, (p) => `'${dq(p)}'`, 'CHR(0)', '||')
     case 'bigquery':
-      return `'${backslashEscape(s, "'", '\\x00')}'`;
+      return `'${backslashEscape(s, "'", '\\x00')}'`
     case 'clickhouse':
-      return `'${backslashEscape(s, "'", '\\0')}'`;
+      return `'${backslashEscape(s, "'", '\\0')}'`
   }
 }
 
 /** Escaped content for a placeholder that is only part of a template string literal. */
 function escapeInside(s: string, quote: string, dialect: Dialect): string {
-  if (LONE_SURROGATE.test(s)) throw new ValueError('the string is not valid Unicode (lone surrogate)');
+  if (LONE_SURROGATE.test(s)) throw new ValueError('the string is not valid Unicode (lone surrogate)')
   switch (dialect) {
     case 'bigquery':
-      return backslashEscape(s, quote, '\\x00');
+      return backslashEscape(s, quote, '\\x00')
     case 'clickhouse':
-      return backslashEscape(s, quote, '\\0');
+      return backslashEscape(s, quote, '\\0')
     case 'mysql':
-      throw new Error('unreachable: partial strings are rejected at compile time for mysql');
+      throw new Error('unreachable: partial strings are rejected at compile time for mysql')
     default:
-      if (s.includes('\0')) throw new ValueError(`NUL cannot be embedded in a larger string literal in ${dialect}; use a bare placeholder`);
-      return dq(s);
+      if (s.includes('\0')) throw new ValueError(`NUL cannot be embedded in a larger string literal in ${dialect}; use a bare placeholder`)
+      return dq(s)
   }
 }
 
 export function quoteIdent(name: string, quote: IdentQuote, dialect: Dialect): string {
-  if (!name || name.includes('\0') || LONE_SURROGATE.test(name)) throw new ValueError('an identifier must be non-empty valid Unicode without NUL');
-  if (quote === '[') return `[${name.replaceAll(']', ']]')}]`;
-  if (dialect === 'clickhouse' || (dialect === 'bigquery' && quote === '`')) return quote + backslashEscape(name, quote, '\\0') + quote;
-  if (dialect === 'oracle' && name.includes('"')) throw new ValueError('Oracle identifiers cannot contain a double quote');
-  return quote + name.replaceAll(quote, quote + quote) + quote;
+  if (!name || name.includes('\0') || LONE_SURROGATE.test(name))
+    throw new ValueError('an identifier must be non-empty valid Unicode without NUL')
+  if (quote === '[') return `[${name.replaceAll(']', ']]')}]`
+  if (dialect === 'clickhouse' || (dialect === 'bigquery' && quote === '`')) return quote + backslashEscape(name, quote, '\\0') + quote
+  if (dialect === 'oracle' && name.includes('"')) throw new ValueError('Oracle identifiers cannot contain a double quote')
+  return quote + name.replaceAll(quote, quote + quote) + quote
 }
 
-export type IdentQuote = '"' | '`' | '[';
+export type IdentQuote = '"' | '`' | '['
 
 export type SlotContext =
   | { kind: 'bare'; space: boolean } // plain SQL; space: the text before ends in a word char
   | { kind: 'string' } // the whole of a template string literal; its quotes were removed
   | { kind: 'ident'; quote: IdentQuote } // the whole of a quoted identifier; its quotes were removed
-  | { kind: 'inside'; quote: string }; // part of a larger template string literal
+  | { kind: 'inside'; quote: string } // part of a larger template string literal
 
 export function renderSlot(value: unknown, ctx: SlotContext, dialect: Dialect, what: string): string {
   try {
     if (value instanceof SqlFragment) {
-      if (ctx.kind !== 'bare') throw new TemplateError(`${what} produces a list of literals and cannot stand inside quotes`);
-      return value.sql;
+      if (ctx.kind !== 'bare') throw new TemplateError(`${what} produces a list of literals and cannot stand inside quotes`)
+      return value.sql
     }
     switch (ctx.kind) {
       case 'bare':
-        return (ctx.space ? ' ' : '') + literal(value, dialect);
+        return (ctx.space ? ' ' : '') + literal(value, dialect)
       case 'string':
-        return value == null ? 'NULL' : stringLiteral(textOf(value), dialect);
+        return value == null ? 'NULL' : stringLiteral(textOf(value), dialect)
       case 'ident':
-        if (value == null) throw new ValueError('an identifier cannot be NULL');
-        return quoteIdent(textOf(value), ctx.quote, dialect);
+        if (value == null) throw new ValueError('an identifier cannot be NULL')
+        return quoteIdent(textOf(value), ctx.quote, dialect)
       case 'inside':
-        return value == null ? '' : escapeInside(textOf(value), ctx.quote, dialect);
+        return value == null ? '' : escapeInside(textOf(value), ctx.quote, dialect)
     }
   } catch (e) {
     if (e instanceof ValueError && e.field === undefined) {
-      e.field = what;
-      e.message = `${what}: ${e.message}`;
+      e.field = what
+      e.message = `${what}: ${e.message}`
     }
-    throw e;
+    throw e
   }
 }
 
 /** Exact key first, then a unique case-insensitive match: Postgres folds column names to lowercase. */
 export function fieldValue(lead: Record<string, unknown>, field: string): unknown {
-  if (Object.prototype.hasOwnProperty.call(lead, field)) return lead[field];
-  const lower = field.toLowerCase();
-  const keys = Object.keys(lead).filter((k) => k.toLowerCase() === lower);
-  if (keys.length === 1) return lead[keys[0]!];
+  if (Object.prototype.hasOwnProperty.call(lead, field)) return lead[field]
+  const lower = field.toLowerCase()
+  const keys = Object.keys(lead).filter((k) => k.toLowerCase() === lower)
+  if (keys.length === 1) return lead[keys[0]!]
   throw new TemplateError(
     keys.length
       ? `field "${field}" is ambiguous: the batch has ${keys.join(', ')}; write the exact name`
       : `field "${field}" is not a column of the segment (columns: ${Object.keys(lead).join(', ') || 'none'})`,
-  );
+  )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,228 +243,285 @@ export type Piece =
   | { kind: 'text'; text: string; at: number }
   | { kind: 'slot'; at: number; name: string } // renders a value
   | { kind: 'ctl'; at: number; name: string } // loops/conditions: must sit in plain SQL
-  | { kind: 'fixed'; at: number }; // constant punctuation emitted by the engine ({autocomma})
+  | { kind: 'fixed'; at: number } // constant punctuation emitted by the engine ({autocomma})
 
 export interface Analysis {
-  contexts: SlotContext[]; // one per slot, in order
-  texts: string[]; // per piece: the text with quotes around whole-literal slots removed
+  contexts: SlotContext[] // one per slot, in order
+  texts: string[] // per piece: the text with quotes around whole-literal slots removed
 }
 
 type Quoted = {
-  m: 'quoted';
-  ident: boolean;
-  q: string; // opening quote char
-  close: string;
-  bs: boolean; // backslash escapes the next char
-  triple: boolean;
-  prefix: string;
-  open: { piece: number; start: number; end: number; at: number };
-  slots: number[];
-  other: boolean; // anything besides exactly one slot between the quotes
-};
+  m: 'quoted'
+  ident: boolean
+  q: string // opening quote char
+  close: string
+  bs: boolean // backslash escapes the next char
+  triple: boolean
+  prefix: string
+  open: { piece: number; start: number; end: number; at: number }
+  slots: number[]
+  other: boolean // anything besides exactly one slot between the quotes
+}
 type State =
   | { m: 'code' }
   | Quoted
   | { m: 'line'; at: number }
   | { m: 'block'; depth: number; at: number }
   | { m: 'dollar'; tag: string; at: number }
-  | { m: 'qquote'; close: string; at: number };
+  | { m: 'qquote'; close: string; at: number }
 
-export const WORD_END = /[\p{L}\p{N}_$&]$/u;
-const WORD_CHAR = /[A-Za-z0-9_]/;
-const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
-const WHOLE_PREFIX = /^(|N|E|U&|R)$/i;
-const NESTED_COMMENTS: ReadonlySet<Dialect> = new Set(['postgres', 'mssql', 'clickhouse']);
+export const WORD_END = /[\p{L}\p{N}_$&]$/u
+const WORD_CHAR = /[A-Za-z0-9_]/
+const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
+const WHOLE_PREFIX = /^(|N|E|U&|R)$/i
+const NESTED_COMMENTS: ReadonlySet<Dialect> = new Set(['postgres', 'mssql', 'clickhouse'])
 
 function describe(st: State): string {
   switch (st.m) {
     case 'quoted':
-      return st.ident ? 'a quoted identifier' : 'a string literal';
+      return st.ident ? 'a quoted identifier' : 'a string literal'
     case 'line':
     case 'block':
-      return 'an SQL comment';
+      return 'an SQL comment'
     case 'dollar':
-      return 'a dollar-quoted string';
+      return 'a dollar-quoted string'
     case 'qquote':
-      return 'a q-quoted string';
+      return 'a q-quoted string'
     default:
-      return 'plain SQL';
+      return 'plain SQL'
   }
 }
 
 export function analyze(pieces: Piece[], dialect: Dialect, source: string): Analysis {
   const fail = (at: number, problem: string, fix: string): never => {
-    throw templateError(source, at, problem, fix);
-  };
-  const contexts: SlotContext[] = [];
-  const edits: Array<Array<[number, number, string]>> = pieces.map(() => []);
-  let st: State = { m: 'code' };
-  const slotAt: number[] = [];
+    throw templateError(source, at, problem, fix)
+  }
+  const contexts: SlotContext[] = []
+  const edits: Array<Array<[number, number, string]>> = pieces.map(() => [])
+  let st: State = { m: 'code' }
+  const slotAt: number[] = []
 
   const finish = (q: Quoted, piece: number, start: number, end: number) => {
-    if (!q.slots.length) return;
-    const first = slotAt[q.slots[0]!]!;
-    const whole = q.slots.length === 1 && !q.other;
+    if (!q.slots.length) return
+    const first = slotAt[q.slots[0]!]!
+    const whole = q.slots.length === 1 && !q.other
     const dropQuotes = () => {
-      edits[q.open.piece]!.push([q.open.start, q.open.end, '']);
-      edits[piece]!.push([start, end, '']);
-    };
+      edits[q.open.piece]!.push([q.open.start, q.open.end, ''])
+      edits[piece]!.push([start, end, ''])
+    }
     if (q.ident) {
-      if (!whole || q.prefix) fail(first, 'a placeholder inside a quoted identifier must be the entire identifier', 'write "{x}" alone, or build the name outside the template');
-      contexts[q.slots[0]!] = { kind: 'ident', quote: q.q as IdentQuote };
-      return dropQuotes();
+      if (!whole || q.prefix)
+        fail(
+          first,
+          'a placeholder inside a quoted identifier must be the entire identifier',
+          'write "{x}" alone, or build the name outside the template',
+        )
+      contexts[q.slots[0]!] = { kind: 'ident', quote: q.q as IdentQuote }
+      return dropQuotes()
     }
     if (whole) {
-      if (!WHOLE_PREFIX.test(q.prefix)) fail(first, `a placeholder inside a prefixed literal ${q.prefix}'…' is not supported`, 'remove the prefix; the value is written as a complete literal');
-      contexts[q.slots[0]!] = { kind: 'string' };
-      return dropQuotes();
+      if (!WHOLE_PREFIX.test(q.prefix))
+        fail(
+          first,
+          `a placeholder inside a prefixed literal ${q.prefix}'…' is not supported`,
+          'remove the prefix; the value is written as a complete literal',
+        )
+      contexts[q.slots[0]!] = { kind: 'string' }
+      return dropQuotes()
     }
     if (dialect === 'mysql')
-      fail(first, 'a placeholder inside a larger string literal is not supported for mysql (its meaning of \\ depends on NO_BACKSLASH_ESCAPES)', "use CONCAT('prefix', {x}, 'suffix') with a bare placeholder");
-    if (q.prefix && !/^N$/i.test(q.prefix)) fail(first, `a placeholder inside a prefixed literal ${q.prefix}'…' must be the whole literal`, 'remove the prefix or concatenate a bare placeholder');
+      fail(
+        first,
+        'a placeholder inside a larger string literal is not supported for mysql (its meaning of \\ depends on NO_BACKSLASH_ESCAPES)',
+        "use CONCAT('prefix', {x}, 'suffix') with a bare placeholder",
+      )
+    if (q.prefix && !/^N$/i.test(q.prefix))
+      fail(
+        first,
+        `a placeholder inside a prefixed literal ${q.prefix}'…' must be the whole literal`,
+        'remove the prefix or concatenate a bare placeholder',
+      )
     // SQL Server keeps a non-N literal in the code page: the value would lose characters.
-    if (dialect === 'mssql' && !q.prefix) edits[q.open.piece]!.push([q.open.start, q.open.start, 'N']);
-    for (const n of q.slots) contexts[n] = { kind: 'inside', quote: q.q };
-  };
+    if (dialect === 'mssql' && !q.prefix) edits[q.open.piece]!.push([q.open.start, q.open.start, 'N'])
+    for (const n of q.slots) contexts[n] = { kind: 'inside', quote: q.q }
+  }
 
   for (let p = 0; p < pieces.length; p++) {
-    const pc = pieces[p]!;
+    const pc = pieces[p]!
     if (pc.kind === 'slot') {
-      const n = slotAt.push(pc.at) - 1;
+      const n = slotAt.push(pc.at) - 1
       if (st.m === 'code') {
-        const prev = pieces[p - 1];
-        contexts[n] = { kind: 'bare', space: prev?.kind === 'text' && WORD_END.test(prev.text) };
-      } else if (st.m === 'quoted') st.slots.push(n);
-      else fail(pc.at, `${pc.name} is inside ${describe(st)}`, 'move it out; values cannot be escaped there');
-      continue;
+        const prev = pieces[p - 1]
+        contexts[n] = { kind: 'bare', space: prev?.kind === 'text' && WORD_END.test(prev.text) }
+      } else if (st.m === 'quoted') st.slots.push(n)
+      else fail(pc.at, `${pc.name} is inside ${describe(st)}`, 'move it out; values cannot be escaped there')
+      continue
     }
     if (pc.kind === 'ctl') {
-      if (st.m !== 'code') fail(pc.at, `${pc.name} is inside ${describe(st)}`, 'loops and conditions must start and end in plain SQL, outside quotes and comments');
-      continue;
+      if (st.m !== 'code')
+        fail(
+          pc.at,
+          `${pc.name} is inside ${describe(st)}`,
+          'loops and conditions must start and end in plain SQL, outside quotes and comments',
+        )
+      continue
     }
     if (pc.kind === 'fixed') {
-      if (st.m === 'quoted') st.other = true;
-      continue;
+      if (st.m === 'quoted') st.other = true
+      continue
     }
-    const s = pc.text;
-    let i = 0;
+    const s = pc.text
+    let i = 0
     while (i < s.length) {
-      const c = s[i]!;
-      const at = pc.at + i;
+      const c = s[i]!
+      const at = pc.at + i
       switch (st.m) {
         case 'code': {
-          const next = s[i + 1];
+          const next = s[i + 1]
           if (c === "'" || (c === '"' && (dialect === 'mysql' || dialect === 'bigquery'))) {
-            let b = i;
-            while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--;
-            if (b === i && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '') && !WORD_CHAR.test(s[i - 3] ?? '')) b = i - 2;
-            const prefix = s.slice(b, i);
+            let b = i
+            while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--
+            if (b === i && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '') && !WORD_CHAR.test(s[i - 3] ?? '')) b = i - 2
+            const prefix = s.slice(b, i)
             if (dialect === 'oracle' && /^n?q$/i.test(prefix) && c === "'") {
-              const d = s[i + 1];
-              if (d === undefined) fail(at, "a q-quoted literal needs its delimiter right after q'", "write q'[...]'");
-              const close = ({ '[': ']', '(': ')', '{': '}', '<': '>' } as Record<string, string>)[d!] ?? d!;
-              st = { m: 'qquote', close: close + "'", at };
-              i += 2;
-              break;
+              const d = s[i + 1]
+              if (d === undefined) fail(at, "a q-quoted literal needs its delimiter right after q'", "write q'[...]'")
+              const close = ({ '[': ']', '(': ')', '{': '}', '<': '>' } as Record<string, string>)[d!] ?? d!
+              st = { m: 'qquote', close: close + "'", at }
+              i += 2
+              break
             }
-            const triple = dialect === 'bigquery' && s.startsWith(c.repeat(3), i);
-            const bs = dialect === 'mysql' || dialect === 'bigquery' || dialect === 'clickhouse' || (dialect === 'postgres' && /^e$/i.test(prefix));
-            const len = triple ? 3 : 1;
-            st = { m: 'quoted', ident: false, q: c, close: c.repeat(len), bs, triple, prefix, open: { piece: p, start: b, end: i + len, at }, slots: [], other: false };
-            i += len;
-          } else if (c === '"' || (c === '`' && dialect !== 'postgres' && dialect !== 'oracle' && dialect !== 'mssql') || (c === '[' && dialect === 'mssql')) {
-            const close = c === '[' ? ']' : c;
-            const bs = dialect === 'clickhouse' || (dialect === 'bigquery' && c === '`');
-            let b = i;
-            while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--;
-            if (dialect === 'postgres' && c === '"' && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '')) b = i - 2;
-            st = { m: 'quoted', ident: true, q: c, close, bs, triple: false, prefix: s.slice(b, i), open: { piece: p, start: b, end: i + 1, at }, slots: [], other: false };
-            i++;
+            const triple = dialect === 'bigquery' && s.startsWith(c.repeat(3), i)
+            const bs =
+              dialect === 'mysql' || dialect === 'bigquery' || dialect === 'clickhouse' || (dialect === 'postgres' && /^e$/i.test(prefix))
+            const len = triple ? 3 : 1
+            st = {
+              m: 'quoted',
+              ident: false,
+              q: c,
+              close: c.repeat(len),
+              bs,
+              triple,
+              prefix,
+              open: { piece: p, start: b, end: i + len, at },
+              slots: [],
+              other: false,
+            }
+            i += len
+          } else if (
+            c === '"' ||
+            (c === '`' && dialect !== 'postgres' && dialect !== 'oracle' && dialect !== 'mssql') ||
+            (c === '[' && dialect === 'mssql')
+          ) {
+            const close = c === '[' ? ']' : c
+            const bs = dialect === 'clickhouse' || (dialect === 'bigquery' && c === '`')
+            let b = i
+            while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--
+            if (dialect === 'postgres' && c === '"' && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '')) b = i - 2
+            st = {
+              m: 'quoted',
+              ident: true,
+              q: c,
+              close,
+              bs,
+              triple: false,
+              prefix: s.slice(b, i),
+              open: { piece: p, start: b, end: i + 1, at },
+              slots: [],
+              other: false,
+            }
+            i++
           } else if (c === '-' && next === '-') {
             // MySQL needs whitespace after "--"; at the end of the text we cannot see what
             // follows, so assume a comment: any placeholder then is refused, never mis-escaped.
-            if (dialect === 'mysql' && i + 2 < s.length && !/[\x00-\x20]/.test(s[i + 2]!)) i += 2;
-            else (st = { m: 'line', at }), (i += 2);
+            if (dialect === 'mysql' && i + 2 < s.length && !/[\x00-\x20]/.test(s[i + 2]!)) i += 2
+            else ((st = { m: 'line', at }), (i += 2))
           } else if (c === '#' && (dialect === 'mysql' || dialect === 'bigquery' || dialect === 'clickhouse')) {
             // ClickHouse only treats "# " and "#!" as comments, but any other "#" is a
             // lexer error there, so calling it a comment is safe.
-            st = { m: 'line', at };
-            i++;
+            st = { m: 'line', at }
+            i++
           } else if (c === '/' && next === '/' && dialect === 'clickhouse') {
-            st = { m: 'line', at };
-            i += 2;
+            st = { m: 'line', at }
+            i += 2
           } else if (c === '/' && next === '*') {
             if (dialect === 'mysql' && (s[i + 2] === '!' || s.startsWith('M!', i + 2)))
-              fail(at, 'MySQL executable comments /*! … */ are not supported', 'write the SQL without the comment wrapper');
-            st = { m: 'block', depth: 1, at };
-            i += 2;
+              fail(at, 'MySQL executable comments /*! … */ are not supported', 'write the SQL without the comment wrapper')
+            st = { m: 'block', depth: 1, at }
+            i += 2
           } else if (c === '$' && (dialect === 'postgres' || dialect === 'clickhouse') && !/[\p{L}\p{N}_$]/u.test(s[i - 1] ?? '')) {
             // ClickHouse reads "$anything$" as a heredoc whose end it searches for anywhere
             // later, values included; refusing "$" is simpler than predicting that.
-            if (dialect === 'clickhouse') fail(at, 'a "$" heredoc or parameter is not supported in ClickHouse templates', 'use a quoted string instead');
-            DOLLAR_TAG.lastIndex = i;
-            const m = DOLLAR_TAG.exec(s);
-            if (m) (st = { m: 'dollar', tag: m[0], at }), (i += m[0].length);
-            else i++;
-          } else i++;
-          break;
+            if (dialect === 'clickhouse')
+              fail(at, 'a "$" heredoc or parameter is not supported in ClickHouse templates', 'use a quoted string instead')
+            DOLLAR_TAG.lastIndex = i
+            const m = DOLLAR_TAG.exec(s)
+            if (m) ((st = { m: 'dollar', tag: m[0], at }), (i += m[0].length))
+            else i++
+          } else i++
+          break
         }
         case 'quoted': {
           if (st.bs && c === '\\') {
-            if (i + 1 >= s.length) fail(at, 'a placeholder cannot follow a backslash inside a string literal', 'remove the backslash');
+            if (i + 1 >= s.length) fail(at, 'a placeholder cannot follow a backslash inside a string literal', 'remove the backslash')
             if (dialect === 'mysql' && s[i + 1] === st.q)
-              fail(at, `\\${st.q} inside a MySQL string means different things with and without NO_BACKSLASH_ESCAPES`, `double the quote (${st.q}${st.q}) instead`);
-            st.other = true;
-            i += 2;
+              fail(
+                at,
+                `\\${st.q} inside a MySQL string means different things with and without NO_BACKSLASH_ESCAPES`,
+                `double the quote (${st.q}${st.q}) instead`,
+              )
+            st.other = true
+            i += 2
           } else if (s.startsWith(st.close, i)) {
             if (!st.triple && s[i + 1] === st.close) {
-              st.other = true;
-              i += 2;
+              st.other = true
+              i += 2
             } else {
-              finish(st, p, i, i + st.close.length);
-              i += st.close.length;
-              st = { m: 'code' };
+              finish(st, p, i, i + st.close.length)
+              i += st.close.length
+              st = { m: 'code' }
             }
           } else {
-            st.other = true;
-            i++;
+            st.other = true
+            i++
           }
-          break;
+          break
         }
         case 'line':
-          if (c === '\r' && s[i + 1] !== '\n') fail(at, 'a lone carriage return inside a -- comment', 'servers disagree on where such a comment ends; use \\n line breaks');
-          if (c === '\n') st = { m: 'code' };
-          i++;
-          break;
+          if (c === '\r' && s[i + 1] !== '\n')
+            fail(at, 'a lone carriage return inside a -- comment', 'servers disagree on where such a comment ends; use \\n line breaks')
+          if (c === '\n') st = { m: 'code' }
+          i++
+          break
         case 'block':
           if (c === '*' && s[i + 1] === '/') {
-            i += 2;
-            if (--st.depth === 0) st = { m: 'code' };
+            i += 2
+            if (--st.depth === 0) st = { m: 'code' }
           } else if (c === '/' && s[i + 1] === '*' && NESTED_COMMENTS.has(dialect)) {
-            st.depth++;
-            i += 2;
-          } else i++;
-          break;
+            st.depth++
+            i += 2
+          } else i++
+          break
         case 'dollar':
         case 'qquote': {
-          const close = st.m === 'dollar' ? st.tag : st.close;
-          const j = s.indexOf(close, i);
-          if (j < 0) i = s.length;
-          else (i = j + close.length), (st = { m: 'code' });
-          break;
+          const close = st.m === 'dollar' ? st.tag : st.close
+          const j = s.indexOf(close, i)
+          if (j < 0) i = s.length
+          else ((i = j + close.length), (st = { m: 'code' }))
+          break
         }
       }
     }
   }
   if (st.m !== 'code' && st.m !== 'line') {
-    const at = st.m === 'quoted' ? st.open.at : st.at;
-    fail(at, `${describe(st)} is never closed`, 'close it; the scanner must know where every literal ends');
+    const at = st.m === 'quoted' ? st.open.at : st.at
+    fail(at, `${describe(st)} is never closed`, 'close it; the scanner must know where every literal ends')
   }
   const texts = pieces.map((pc, i) => {
-    if (pc.kind !== 'text') return '';
-    let t = pc.text;
-    for (const [a, b, r] of edits[i]!.sort((x, y) => y[0] - x[0])) t = t.slice(0, a) + r + t.slice(b);
-    return t;
-  });
-  return { contexts, texts };
+    if (pc.kind !== 'text') return ''
+    let t = pc.text
+    for (const [a, b, r] of edits[i]!.sort((x, y) => y[0] - x[0])) t = t.slice(0, a) + r + t.slice(b)
+    return t
+  })
+  return { contexts, texts }
 }

@@ -7,7 +7,14 @@ import type { Sink } from './sink.js'
 export type { Checkpoint, Sink } from './sink.js'
 export { compareCheckpoints, isTransient } from './sink.js'
 
-export interface ConsumerRow { consumer_id: string; name: string; kind: string; dialect: Dialect; dsn_env: string; options: Record<string, unknown> }
+export interface ConsumerRow {
+  consumer_id: string
+  name: string
+  kind: string
+  dialect: Dialect
+  dsn_env: string
+  options: Record<string, unknown>
+}
 
 /** Open the sink a consumer row describes; its URL comes from the environment variable it names. */
 export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = process.env): Promise<Sink> {

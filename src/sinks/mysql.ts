@@ -28,7 +28,9 @@ export async function openMysqlSink(url: string, dialect: Dialect, options: { ch
     dialect,
     maxStatementBytes: Math.floor(Number(packet) * 0.9) - 1024,
     async checkpoint(syncKey) {
-      const [rows] = (await conn.query(`select pos, ord from ${table} where sync_key = ?`, [syncKey])) as unknown as [Array<{ pos: string; ord: number }>]
+      const [rows] = (await conn.query(`select pos, ord from ${table} where sync_key = ?`, [syncKey])) as unknown as [
+        Array<{ pos: string; ord: number }>,
+      ]
       const row = rows[0]
       return row ? { pos: BigInt(row.pos), ord: Number(row.ord) } : null
     },

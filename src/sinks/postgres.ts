@@ -7,7 +7,10 @@ import { transactionScript, type Checkpoint, type Sink } from './sink.js'
 
 export async function openPostgresSink(url: string, dialect: Dialect, options: { checkpointTable?: string } = {}): Promise<Sink> {
   const table = options.checkpointTable ?? 'segmenter_checkpoint'
-  const ident = table.split('.').map((p) => '"' + p.replaceAll('"', '""') + '"').join('.')
+  const ident = table
+    .split('.')
+    .map((p) => '"' + p.replaceAll('"', '""') + '"')
+    .join('.')
   const client = new pg.Client({ connectionString: url })
   client.on('error', () => {}) // surfaced by the next query instead of crashing the sidecar
   await client.connect()

@@ -3,10 +3,12 @@
 // back before every delivery round, so a sidecar killed at any point resumes where the target is.
 import type { Dialect } from '../render/index.js'
 
-export interface Checkpoint { pos: bigint; ord: number }
+export interface Checkpoint {
+  pos: bigint
+  ord: number
+}
 
-export const compareCheckpoints = (a: Checkpoint, b: Checkpoint): number =>
-  a.pos === b.pos ? a.ord - b.ord : a.pos < b.pos ? -1 : 1
+export const compareCheckpoints = (a: Checkpoint, b: Checkpoint): number => (a.pos === b.pos ? a.ord - b.ord : a.pos < b.pos ? -1 : 1)
 
 export interface Sink {
   readonly dialect: Dialect

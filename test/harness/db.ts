@@ -1,143 +1,163 @@
 // Per-test databases on the shared servers started by test/run.ts, plus private
 // servers for tests that need to stop/restart a server. Always close() what you
 // get (e.g. `t.after(() => db.close())`): open mysql2 pools keep the process alive.
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
-import mysql from 'mysql2/promise';
-import { startMariadb, startPostgres, type MariaServer, type PgServer } from './servers.js';
+import { randomBytes } from 'node:crypto'
+import pg from 'pg'
+import mysql from 'mysql2/promise'
+import { startMariadb, startPostgres, type MariaServer, type PgServer } from './servers.js'
 
-export type { MariaServer, PgServer } from './servers.js';
+export type { MariaServer, PgServer } from './servers.js'
 
 export interface FreshPg {
-  url: string;
-  database: string;
-  pool: pg.Pool;
-  query<T extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<T[]>;
+  url: string
+  database: string
+  pool: pg.Pool
+  query<T extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<T[]>
   /** Ends the pool and drops the database. */
-  close(): Promise<void>;
+  close(): Promise<void>
 }
 
 export interface FreshMysql {
-  url: string;
-  database: string;
-  pool: mysql.Pool;
+  url: string
+  database: string
+  pool: mysql.Pool
   /** Rows for a SELECT; for other statements mysql2's ResultSetHeader (cast as needed). */
-  query<T = any>(sql: string, params?: unknown[]): Promise<T[]>;
+  query<T = any>(sql: string, params?: unknown[]): Promise<T[]>
   /** Ends the pool and drops the database. */
-  close(): Promise<void>;
+  close(): Promise<void>
 }
 
 function env(name: string): string {
-  const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run tests with \`make test\` (or \`make test-one FILE=...\`), which starts the test servers`);
-  return v;
+  const v = process.env[name]
+  if (!v) throw new Error(`${name} is not set: run tests with \`make test\` (or \`make test-one FILE=...\`), which starts the test servers`)
+  return v
 }
 
 /** The shared Postgres server (URL of its `postgres` database). */
 export function pgServer(): { url: string } {
-  return { url: env('SEGMENTER_TEST_PG_URL') };
+  return { url: env('SEGMENTER_TEST_PG_URL') }
 }
 
 /** The shared MariaDB server (mysql://root@127.0.0.1:PORT/). */
 export function mariadb(): { url: string; port: number } {
-  const url = env('SEGMENTER_TEST_MYSQL_URL');
-  return { url, port: Number(new URL(url).port) };
+  const url = env('SEGMENTER_TEST_MYSQL_URL')
+  return { url, port: Number(new URL(url).port) }
 }
 
-const uniqueName = () => `t_${randomBytes(6).toString('hex')}`;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const uniqueName = () => `t_${randomBytes(6).toString('hex')}`
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
+  const u = new URL(url)
+  u.pathname = `/${database}`
+  return u.toString()
 }
 
 // allowExitOnIdle: the admin pool is never ended explicitly; it must not keep the process alive.
-let pgAdmin: pg.Pool | undefined;
+let pgAdmin: pg.Pool | undefined
 function admin(): pg.Pool {
   if (!pgAdmin) {
-    pgAdmin = new pg.Pool({ connectionString: pgServer().url, max: 2, allowExitOnIdle: true });
-    pgAdmin.on('error', () => {});
+    pgAdmin = new pg.Pool({ connectionString: pgServer().url, max: 2, allowExitOnIdle: true })
+    pgAdmin.on('error', () => {})
   }
-  return pgAdmin;
+  return pgAdmin
 }
 
 async function createPg(template: string): Promise<FreshPg> {
-  const database = uniqueName();
+  const database = uniqueName()
   // CREATE DATABASE ... TEMPLATE fails with 55006 while any other session is connected
   // to the template (including a concurrent copy in another test process): back off and retry.
   for (let attempt = 1; ; attempt++) {
     try {
-      await admin().query(`CREATE DATABASE ${database} TEMPLATE ${template}`);
-      break;
+      await admin().query(`CREATE DATABASE ${database} TEMPLATE ${template}`)
+      break
     } catch (e) {
-      if ((e as { code?: string }).code !== '55006' || attempt >= 100) throw e;
-      await sleep(20 + Math.random() * 30 * Math.min(attempt, 10));
+      if ((e as { code?: string }).code !== '55006' || attempt >= 100) throw e
+      await sleep(20 + Math.random() * 30 * Math.min(attempt, 10))
     }
   }
-  const url = withDatabase(pgServer().url, database);
-  const pool = new pg.Pool({ connectionString: url, max: 10, allowExitOnIdle: true });
-  pool.on('error', () => {}); // an idle client dying must not crash the test process
-  let closed = false;
+  const url = withDatabase(pgServer().url, database)
+  const pool = new pg.Pool({ connectionString: url, max: 10, allowExitOnIdle: true })
+  pool.on('error', () => {}) // an idle client dying must not crash the test process
+  let closed = false
   return {
-    url, database, pool,
-    async query(sql, params) { return (await pool.query(sql, params as unknown[])).rows; },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await pool.end();
-      await admin().query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+    url,
+    database,
+    pool,
+    async query(sql, params) {
+      return (await pool.query(sql, params as unknown[])).rows
     },
-  };
+    async close() {
+      if (closed) return
+      closed = true
+      await pool.end()
+      await admin().query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+    },
+  }
 }
 
 /** A new database copied from the migrated template (schema `segmenter` present). */
 export function freshPg(): Promise<FreshPg> {
-  return createPg(process.env.SEGMENTER_TEST_PG_TEMPLATE ?? 'segmenter_template');
+  return createPg(process.env.SEGMENTER_TEST_PG_TEMPLATE ?? 'segmenter_template')
 }
 
 /** A new empty database (from template0, no migrations) for migration tests. */
 export function freshPgPlain(): Promise<FreshPg> {
-  return createPg('template0');
+  return createPg('template0')
 }
 
 // One-off admin connections (not a pool): mysql2 pools hold ref'd sockets that would
 // keep a test process alive after its last test.
 async function mysqlAdmin(sql: string): Promise<void> {
-  const { port } = mariadb();
-  const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root' });
-  try { await c.query(sql); } finally { await c.end(); }
+  const { port } = mariadb()
+  const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root' })
+  try {
+    await c.query(sql)
+  } finally {
+    await c.end()
+  }
 }
 
 /** A new MariaDB database (utf8mb4, binary collation) with a pool to it. */
 export async function freshMysql(): Promise<FreshMysql> {
-  const database = uniqueName();
-  await mysqlAdmin(`CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`);
-  const { url: serverUrl, port } = mariadb();
+  const database = uniqueName()
+  await mysqlAdmin(`CREATE DATABASE \`${database}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
+  const { url: serverUrl, port } = mariadb()
   const pool = mysql.createPool({
-    host: '127.0.0.1', port, user: 'root', database, connectionLimit: 10,
-    supportBigNumbers: true, bigNumberStrings: true, multipleStatements: false, charset: 'utf8mb4',
-  });
-  let closed = false;
+    host: '127.0.0.1',
+    port,
+    user: 'root',
+    database,
+    connectionLimit: 10,
+    supportBigNumbers: true,
+    bigNumberStrings: true,
+    multipleStatements: false,
+    charset: 'utf8mb4',
+  })
+  let closed = false
   return {
-    url: withDatabase(serverUrl, database), database, pool,
-    async query(sql, params) { const [rows] = await pool.query(sql, params); return rows as any; },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await pool.end();
-      await mysqlAdmin(`DROP DATABASE IF EXISTS \`${database}\``);
+    url: withDatabase(serverUrl, database),
+    database,
+    pool,
+    async query(sql, params) {
+      const [rows] = await pool.query(sql, params)
+      return rows as any
     },
-  };
+    async close() {
+      if (closed) return
+      closed = true
+      await pool.end()
+      await mysqlAdmin(`DROP DATABASE IF EXISTS \`${database}\``)
+    },
+  }
 }
 
 /** A private MariaDB server the test may stop()/start() at will; destroy() it when done. */
 export function freshMariadbServer(): Promise<MariaServer> {
-  return startMariadb();
+  return startMariadb()
 }
 
 /** A private Postgres server (no segmenter_template: migrate it yourself); destroy() it when done. */
 export function freshPgServer(): Promise<PgServer> {
-  return startPostgres();
+  return startPostgres()
 }

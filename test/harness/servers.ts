@@ -1,270 +1,378 @@
 // Throwaway PostgreSQL and MariaDB servers for tests: each gets its own temp dir
 // (data + log), a free loopback port, and speed-over-durability settings.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { accessSync, closeSync, constants, existsSync, openSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
-import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import net, { type AddressInfo } from 'node:net';
-import { dirname, join } from 'node:path';
-import pg from 'pg';
-import mysql from 'mysql2/promise';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { accessSync, closeSync, constants, existsSync, openSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs'
+import { chmod, chown, mkdtemp, rm, writeFile } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
+import { dirname, join } from 'node:path'
+import pg from 'pg'
+import mysql from 'mysql2/promise'
 
 export interface Server {
-  kind: 'postgres' | 'mariadb';
+  kind: 'postgres' | 'mariadb'
   /** postgres://postgres@127.0.0.1:PORT/postgres or mysql://root@127.0.0.1:PORT/ */
-  url: string;
-  port: number;
+  url: string
+  port: number
   /** temp dir holding dataDir and logFile */
-  root: string;
-  dataDir: string;
-  logFile: string;
+  root: string
+  dataDir: string
+  logFile: string
   /** argv used to (re)start the server */
-  command: string[];
-  readonly running: boolean;
+  command: string[]
+  readonly running: boolean
   /** (Re)start on the same port and data dir; resolves once it accepts connections. */
-  start(): Promise<void>;
+  start(): Promise<void>
   /** Stop the server, keeping its data (start() brings it back). */
-  stop(): Promise<void>;
+  stop(): Promise<void>
   /** Stop and remove the temp dir (unless keepData). Idempotent. */
-  destroy(opts?: { keepData?: boolean }): Promise<void>;
+  destroy(opts?: { keepData?: boolean }): Promise<void>
 }
-export type PgServer = Server;
-export type MariaServer = Server;
+export type PgServer = Server
+export type MariaServer = Server
 
-const isRoot = process.getuid?.() === 0;
-const START_TIMEOUT_MS = 60_000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const isRoot = process.getuid?.() === 0
+const START_TIMEOUT_MS = 60_000
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 // Servers still running when this process exits (crash, forgotten destroy()) are
 // killed synchronously so they never outlive the test run holding ports and memory.
-const live = new Set<{ killSync(): void; root: string }>();
+const live = new Set<{ killSync(): void; root: string }>()
 process.on('exit', () => {
   for (const s of live) {
     try {
-      s.killSync();
-      if (process.env.SEGMENTER_TEST_KEEP !== '1') rmSync(s.root, { recursive: true, force: true });
-    } catch { /* best effort */ }
+      s.killSync()
+      if (process.env.SEGMENTER_TEST_KEEP !== '1') rmSync(s.root, { recursive: true, force: true })
+    } catch {
+      /* best effort */
+    }
   }
-});
+})
 
 // Ports handed out by this process: servers started in parallel must not get the same
 // port back from the kernel before the first one has bound it.
-const handedOut = new Set<number>();
+const handedOut = new Set<number>()
 export async function freePort(): Promise<number> {
   for (;;) {
     const port = await new Promise<number>((resolve, reject) => {
-      const srv = net.createServer().unref().on('error', reject);
+      const srv = net.createServer().unref().on('error', reject)
       srv.listen(0, '127.0.0.1', () => {
-        const { port } = srv.address() as AddressInfo;
-        srv.close(() => resolve(port));
-      });
-    });
-    if (handedOut.has(port)) continue;
-    handedOut.add(port);
-    return port;
+        const { port } = srv.address() as AddressInfo
+        srv.close(() => resolve(port))
+      })
+    })
+    if (handedOut.has(port)) continue
+    handedOut.add(port)
+    return port
   }
 }
 
 function isExecutable(p: string): boolean {
-  try { accessSync(p, constants.X_OK); return true; } catch { return false; }
+  try {
+    accessSync(p, constants.X_OK)
+    return true
+  } catch {
+    return false
+  }
 }
 
 /** First executable `name` on PATH, then in `fallbackDirs`. */
 export function findBin(name: string, fallbackDirs: string[]): string {
-  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...fallbackDirs];
-  for (const d of dirs) if (isExecutable(join(d, name))) return join(d, name);
-  throw new Error(`${name} not found on PATH or in ${fallbackDirs.join(', ')}; install it (see .ci/run)`);
+  const dirs = [...(process.env.PATH ?? '').split(':').filter(Boolean), ...fallbackDirs]
+  for (const d of dirs) if (isExecutable(join(d, name))) return join(d, name)
+  throw new Error(`${name} not found on PATH or in ${fallbackDirs.join(', ')}; install it (see .ci/run)`)
 }
 
 function pgBins(): { pgCtl: string; initdb: string } {
   // Debian keeps the real binaries in /usr/lib/postgresql/N/bin; prefer 15, then any other version.
-  const versions = existsSync('/usr/lib/postgresql')
-    ? readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a)) : [];
-  const fallbacks = ['15', ...versions.filter((v) => v !== '15')].map((v) => `/usr/lib/postgresql/${v}/bin`);
-  const pgCtl = findBin('pg_ctl', fallbacks);
+  const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a)) : []
+  const fallbacks = ['15', ...versions.filter((v) => v !== '15')].map((v) => `/usr/lib/postgresql/${v}/bin`)
+  const pgCtl = findBin('pg_ctl', fallbacks)
   // initdb must match pg_ctl's version: look next to the resolved pg_ctl first.
-  const sibling = join(dirname(realpathSync(pgCtl)), 'initdb');
-  return { pgCtl, initdb: isExecutable(sibling) ? sibling : findBin('initdb', fallbacks) };
+  const sibling = join(dirname(realpathSync(pgCtl)), 'initdb')
+  return { pgCtl, initdb: isExecutable(sibling) ? sibling : findBin('initdb', fallbacks) }
 }
 
 /** Command line that runs `cmd` as `user` when we are root (initdb and friends refuse root). */
 function asUser(user: string, cmd: string, args: string[]): string[] {
-  return isRoot ? ['runuser', '-u', user, '--', cmd, ...args] : [cmd, ...args];
+  return isRoot ? ['runuser', '-u', user, '--', cmd, ...args] : [cmd, ...args]
 }
 
 /** Run to completion; reject with the command's output on failure. */
 function run(argv: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const [cmd, ...args] = argv as [string, ...string[]];
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    p.stdout.on('data', (d) => (out += d));
-    p.stderr.on('data', (d) => (out += d));
-    p.on('error', reject);
+    const [cmd, ...args] = argv as [string, ...string[]]
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    p.stdout.on('data', (d) => (out += d))
+    p.stderr.on('data', (d) => (out += d))
+    p.on('error', reject)
     // 'exit' rather than 'close': a daemonized grandchild could keep the pipes open.
-    p.on('exit', (code, signal) => code === 0 ? resolve(out)
-      : reject(new Error(`${argv.join(' ')} failed (${signal ?? code}):\n${out.trim()}`)));
-  });
+    p.on('exit', (code, signal) =>
+      code === 0 ? resolve(out) : reject(new Error(`${argv.join(' ')} failed (${signal ?? code}):\n${out.trim()}`)),
+    )
+  })
 }
 
 /** Fresh temp dir owned by the service user; /tmp entries must be traversable for it. */
 async function makeRoot(kind: string, owner: string): Promise<string> {
-  const root = await mkdtemp(`/tmp/segmenter-${kind}-`);
-  await chmod(root, 0o755);
+  const root = await mkdtemp(`/tmp/segmenter-${kind}-`)
+  await chmod(root, 0o755)
   if (isRoot) {
-    const { uid, gid } = lookupUser(owner);
-    await chown(root, uid, gid);
+    const { uid, gid } = lookupUser(owner)
+    await chown(root, uid, gid)
   }
-  return root;
+  return root
 }
 
 function lookupUser(name: string): { uid: number; gid: number } {
-  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`));
-  if (!line) throw new Error(`system user ${name} does not exist; is the server package installed? (see .ci/run)`);
-  const [, , uid, gid] = line.split(':');
-  return { uid: Number(uid), gid: Number(gid) };
+  const line = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`))
+  if (!line) throw new Error(`system user ${name} does not exist; is the server package installed? (see .ci/run)`)
+  const [, , uid, gid] = line.split(':')
+  return { uid: Number(uid), gid: Number(gid) }
 }
 
 function logTail(file: string, lines = 40): string {
-  try { return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n'); } catch { return '(no log)'; }
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return '(no log)'
+  }
 }
 
 /** Poll `probe` until it succeeds; on timeout (or `failed()` saying why) throw with the log tail. */
 async function waitReady(kind: string, logFile: string, probe: () => Promise<void>, failed: () => string | undefined) {
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  let last: unknown;
+  const deadline = Date.now() + START_TIMEOUT_MS
+  let last: unknown
   for (;;) {
-    const why = failed();
+    const why = failed()
     if (why === undefined) {
-      try { return await probe(); } catch (e) { last = e; }
+      try {
+        return await probe()
+      } catch (e) {
+        last = e
+      }
     }
     if (why !== undefined || Date.now() > deadline) {
-      throw new Error(`${kind} did not start (${why ?? `no connection within ${START_TIMEOUT_MS / 1000}s: ${String(last)}`}).\n`
-        + `log: ${logFile}\n--- log tail ---\n${logTail(logFile)}\n---`);
+      throw new Error(
+        `${kind} did not start (${why ?? `no connection within ${START_TIMEOUT_MS / 1000}s: ${String(last)}`}).\n` +
+          `log: ${logFile}\n--- log tail ---\n${logTail(logFile)}\n---`,
+      )
     }
-    await sleep(100);
+    await sleep(100)
   }
 }
 
 export async function startPostgres(): Promise<PgServer> {
-  const { pgCtl, initdb } = pgBins();
-  const port = await freePort();
-  const root = await makeRoot('pg', 'postgres');
-  const dataDir = join(root, 'data');
-  const logFile = join(root, 'server.log');
+  const { pgCtl, initdb } = pgBins()
+  const port = await freePort()
+  const root = await makeRoot('pg', 'postgres')
+  const dataDir = join(root, 'data')
+  const logFile = join(root, 'server.log')
   // --no-sync/fsync=off etc.: test data is disposable, speed matters more than durability.
-  await run(asUser('postgres', initdb, ['-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync']));
-  const opts = [`-p ${port}`, `-k ${root}`, '-c listen_addresses=127.0.0.1', '-c fsync=off', '-c synchronous_commit=off',
-    '-c full_page_writes=off', '-c max_connections=200', '-c shared_buffers=256MB'].join(' ');
-  const command = asUser('postgres', pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', opts, 'start']);
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-  let running = false;
-  let destroyed = false;
-  const kill = asUser('postgres', pgCtl, ['-D', dataDir, '-m', 'immediate', 'stop']);
-  const handle = { root, killSync: () => { spawnSync(kill[0]!, kill.slice(1), { stdio: 'ignore' }); } };
+  await run(asUser('postgres', initdb, ['-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync']))
+  const opts = [
+    `-p ${port}`,
+    `-k ${root}`,
+    '-c listen_addresses=127.0.0.1',
+    '-c fsync=off',
+    '-c synchronous_commit=off',
+    '-c full_page_writes=off',
+    '-c max_connections=200',
+    '-c shared_buffers=256MB',
+  ].join(' ')
+  const command = asUser('postgres', pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', opts, 'start'])
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`
+  let running = false
+  let destroyed = false
+  const kill = asUser('postgres', pgCtl, ['-D', dataDir, '-m', 'immediate', 'stop'])
+  const handle = {
+    root,
+    killSync: () => {
+      spawnSync(kill[0]!, kill.slice(1), { stdio: 'ignore' })
+    },
+  }
   // A server that failed to start is killed but its dir is kept: the error points at its log.
-  const abandon = () => { handle.killSync(); running = false; live.delete(handle); };
+  const abandon = () => {
+    handle.killSync()
+    running = false
+    live.delete(handle)
+  }
 
   const server: PgServer = {
-    kind: 'postgres', url, port, root, dataDir, logFile, command,
-    get running() { return running; },
+    kind: 'postgres',
+    url,
+    port,
+    root,
+    dataDir,
+    logFile,
+    command,
+    get running() {
+      return running
+    },
     async start() {
-      if (running) return;
-      live.add(handle);
-      let startErr: string | undefined;
-      await run(command).catch((e: Error) => { startErr = e.message; });
-      running = startErr === undefined;
-      await waitReady('postgres', logFile, async () => {
-        const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 });
-        c.on('error', () => {});
-        try { await c.connect(); await c.query('select 1'); } finally { await c.end().catch(() => {}); }
-      }, () => startErr).catch((e) => { abandon(); throw e; });
+      if (running) return
+      live.add(handle)
+      let startErr: string | undefined
+      await run(command).catch((e: Error) => {
+        startErr = e.message
+      })
+      running = startErr === undefined
+      await waitReady(
+        'postgres',
+        logFile,
+        async () => {
+          const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+          c.on('error', () => {})
+          try {
+            await c.connect()
+            await c.query('select 1')
+          } finally {
+            await c.end().catch(() => {})
+          }
+        },
+        () => startErr,
+      ).catch((e) => {
+        abandon()
+        throw e
+      })
     },
     async stop() {
-      if (!running) return;
-      await run(asUser('postgres', pgCtl, ['-D', dataDir, '-m', 'fast', '-w', '-t', '60', 'stop']));
-      running = false;
-      live.delete(handle);
+      if (!running) return
+      await run(asUser('postgres', pgCtl, ['-D', dataDir, '-m', 'fast', '-w', '-t', '60', 'stop']))
+      running = false
+      live.delete(handle)
     },
     async destroy({ keepData = false } = {}) {
-      if (destroyed) return;
-      destroyed = true;
-      await server.stop().catch(() => handle.killSync());
-      live.delete(handle);
-      if (!keepData) await rm(root, { recursive: true, force: true });
+      if (destroyed) return
+      destroyed = true
+      await server.stop().catch(() => handle.killSync())
+      live.delete(handle)
+      if (!keepData) await rm(root, { recursive: true, force: true })
     },
-  };
-  await server.start();
-  return server;
+  }
+  await server.start()
+  return server
 }
 
 export async function startMariadb(): Promise<MariaServer> {
-  const mariadbd = findBin('mariadbd', ['/usr/sbin', '/usr/local/sbin', '/usr/libexec', '/usr/local/mysql/bin']);
-  const installDb = findBin('mariadb-install-db', ['/usr/bin', '/usr/local/bin', '/usr/local/mysql/scripts']);
-  const port = await freePort();
-  const root = await makeRoot('mariadb', 'mysql');
-  const dataDir = join(root, 'data');
-  const logFile = join(root, 'server.log');
-  const userArg = isRoot ? ['--user=mysql'] : [];
+  const mariadbd = findBin('mariadbd', ['/usr/sbin', '/usr/local/sbin', '/usr/libexec', '/usr/local/mysql/bin'])
+  const installDb = findBin('mariadb-install-db', ['/usr/bin', '/usr/local/bin', '/usr/local/mysql/scripts'])
+  const port = await freePort()
+  const root = await makeRoot('mariadb', 'mysql')
+  const dataDir = join(root, 'data')
+  const logFile = join(root, 'server.log')
+  const userArg = isRoot ? ['--user=mysql'] : []
   // --no-defaults everywhere: never pick up /etc/mysql config (ports, sockets, datadir) of a system install.
-  await run([installDb, '--no-defaults', ...userArg, `--datadir=${dataDir}`,
-    '--auth-root-authentication-method=normal', '--skip-test-db']);
+  await run([installDb, '--no-defaults', ...userArg, `--datadir=${dataDir}`, '--auth-root-authentication-method=normal', '--skip-test-db'])
   // mariadbd (running as mysql) appends to the log we also hand it as stdout/stderr, so it must own it.
-  await writeFile(logFile, '');
-  if (isRoot) { const { uid, gid } = lookupUser('mysql'); await chown(logFile, uid, gid); }
-  const command = [mariadbd, '--no-defaults', ...userArg, `--datadir=${dataDir}`, `--port=${port}`,
-    '--bind-address=127.0.0.1', `--socket=${join(dataDir, 's.sock')}`, `--pid-file=${join(root, 'mariadbd.pid')}`,
-    `--log-error=${logFile}`, '--skip-name-resolve', '--innodb-flush-log-at-trx-commit=0', '--max-connections=500',
-    '--innodb-buffer-pool-size=512M', '--character-set-server=utf8mb4', '--collation-server=utf8mb4_bin'];
-  const url = `mysql://root@127.0.0.1:${port}/`;
-  let proc: ChildProcess | undefined;
-  let exited: string | undefined;
-  let destroyed = false;
-  const handle = { root, killSync: () => { proc?.kill('SIGKILL'); } };
-  const abandon = () => { handle.killSync(); proc = undefined; live.delete(handle); };
+  await writeFile(logFile, '')
+  if (isRoot) {
+    const { uid, gid } = lookupUser('mysql')
+    await chown(logFile, uid, gid)
+  }
+  const command = [
+    mariadbd,
+    '--no-defaults',
+    ...userArg,
+    `--datadir=${dataDir}`,
+    `--port=${port}`,
+    '--bind-address=127.0.0.1',
+    `--socket=${join(dataDir, 's.sock')}`,
+    `--pid-file=${join(root, 'mariadbd.pid')}`,
+    `--log-error=${logFile}`,
+    '--skip-name-resolve',
+    '--innodb-flush-log-at-trx-commit=0',
+    '--max-connections=500',
+    '--innodb-buffer-pool-size=512M',
+    '--character-set-server=utf8mb4',
+    '--collation-server=utf8mb4_bin',
+  ]
+  const url = `mysql://root@127.0.0.1:${port}/`
+  let proc: ChildProcess | undefined
+  let exited: string | undefined
+  let destroyed = false
+  const handle = {
+    root,
+    killSync: () => {
+      proc?.kill('SIGKILL')
+    },
+  }
+  const abandon = () => {
+    handle.killSync()
+    proc = undefined
+    live.delete(handle)
+  }
 
   const server: MariaServer = {
-    kind: 'mariadb', url, port, root, dataDir, logFile, command,
-    get running() { return proc !== undefined; },
+    kind: 'mariadb',
+    url,
+    port,
+    root,
+    dataDir,
+    logFile,
+    command,
+    get running() {
+      return proc !== undefined
+    },
     async start() {
-      if (proc) return;
-      const fd = openSync(logFile, 'a');
+      if (proc) return
+      const fd = openSync(logFile, 'a')
       // detached: own process group, so a terminal ^C reaches only us and we shut it down in order.
-      const p = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], detached: true });
-      closeSync(fd);
+      const p = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], detached: true })
+      closeSync(fd)
       // unref: a forgotten server must not keep a test process alive (the exit hook kills it).
-      p.unref();
-      proc = p;
-      exited = undefined;
-      live.add(handle);
+      p.unref()
+      proc = p
+      exited = undefined
+      live.add(handle)
       p.on('exit', (code, signal) => {
-        exited = `mariadbd exited with ${signal ?? code}`;
-        if (proc === p) { proc = undefined; live.delete(handle); }
-      });
-      p.on('error', (e) => { exited = `cannot run mariadbd: ${e.message}`; });
-      await waitReady('mariadb', logFile, async () => {
-        const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 2000 });
-        try { await c.ping(); } finally { await c.end().catch(() => {}); }
-      }, () => exited).catch((e) => { abandon(); throw e; });
+        exited = `mariadbd exited with ${signal ?? code}`
+        if (proc === p) {
+          proc = undefined
+          live.delete(handle)
+        }
+      })
+      p.on('error', (e) => {
+        exited = `cannot run mariadbd: ${e.message}`
+      })
+      await waitReady(
+        'mariadb',
+        logFile,
+        async () => {
+          const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 2000 })
+          try {
+            await c.ping()
+          } finally {
+            await c.end().catch(() => {})
+          }
+        },
+        () => exited,
+      ).catch((e) => {
+        abandon()
+        throw e
+      })
     },
     async stop() {
-      const p = proc;
-      if (!p) return;
-      p.ref(); // keep the event loop alive while we wait for the exit
-      const gone = new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null) ? r() : p.once('exit', () => r()));
-      p.kill('SIGTERM');
-      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-      await gone;
-      clearTimeout(timer);
-      proc = undefined;
-      live.delete(handle);
+      const p = proc
+      if (!p) return
+      p.ref() // keep the event loop alive while we wait for the exit
+      const gone = new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())))
+      p.kill('SIGTERM')
+      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000)
+      await gone
+      clearTimeout(timer)
+      proc = undefined
+      live.delete(handle)
     },
     async destroy({ keepData = false } = {}) {
-      if (destroyed) return;
-      destroyed = true;
-      await server.stop();
-      if (!keepData) await rm(root, { recursive: true, force: true });
+      if (destroyed) return
+      destroyed = true
+      await server.stop()
+      if (!keepData) await rm(root, { recursive: true, force: true })
     },
-  };
-  await server.start();
-  return server;
+  }
+  await server.start()
+  return server
 }

@@ -16,7 +16,8 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined | f
     } catch (err) {
       lastError = err
     }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`)
+    if (Date.now() > end)
+      throw new Error(`timed out waiting for ${what}${lastError ? ` (last error: ${(lastError as Error).message})` : ''}`)
     await sleep(50)
   }
 }
@@ -24,6 +25,10 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined | f
 /** Cleanups run last-in first-out (node's t.after runs hooks first-in first-out). */
 export function deferrer(t: { after(fn: () => Promise<void>): void }) {
   const fns: Array<() => Promise<unknown> | unknown> = []
-  t.after(async () => { for (const f of fns.reverse()) await f() })
-  return (fn: () => Promise<unknown> | unknown) => { fns.push(fn) }
+  t.after(async () => {
+    for (const f of fns.reverse()) await f()
+  })
+  return (fn: () => Promise<unknown> | unknown) => {
+    fns.push(fn)
+  }
 }
