@@ -10,7 +10,13 @@ const types = {
 }
 
 export function createPool(connectionString: string, max = 10): pg.Pool {
-  const pool = new pg.Pool({ connectionString, max, types: types as pg.CustomTypesConfig, application_name: 'segmenter' })
+  const pool = new pg.Pool({
+    connectionString,
+    max,
+    types: types as pg.CustomTypesConfig,
+    application_name: 'segmenter',
+    connectionTimeoutMillis: 10_000, // a server that is restarting: fail and retry, never wait forever
+  })
   pool.on('error', () => {}) // an idle client lost with the server; the next checkout reconnects
   return pool
 }

@@ -28,6 +28,8 @@ export interface SidecarOptions {
   /** Backoff for an unreachable target: base and cap (Default: 500 ms, 30 s), with full jitter. */
   retryBaseMs?: number
   retryMaxMs?: number
+  /** How long a stop waits for batches in flight (Default: 30000 ms). */
+  stopTimeoutMs?: number
   /** Stop when nothing is pending (`segmenter run --once`). */
   once?: boolean
   onBatch?: (sub: SubscriptionRow, batch: Batch, ok: boolean, ms: number) => void
@@ -195,12 +197,31 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     }
   }
 
+  // Every step of the shutdown is bounded: a client stuck on a connection that died with its
+  // server (seen after a home restart under load) must not keep the process from exiting. Nothing
+  // is lost by giving up: a batch in flight commits whole with its checkpoint or not at all.
+  const bounded = (what: string, p: Promise<unknown>, ms: number) =>
+    Promise.race([
+      p.catch(() => {}),
+      new Promise<void>((resolve) =>
+        setTimeout(() => {
+          log.warn({ step: what, ms }, 'shutdown step timed out; going on')
+          resolve()
+        }, ms).unref(),
+      ),
+    ])
   const done = loop().finally(async () => {
     for (const t of timers.values()) clearTimeout(t)
-    while (running.size > 0) await new Promise((r) => setTimeout(r, 10))
-    await listener.close().catch(() => {})
-    await boss.stop({ graceful: true, wait: true, close: true }).catch(() => {})
-    for (const sink of ctx.sinks.values()) await sink.close().catch(() => {})
+    await bounded(
+      'batches in flight',
+      (async () => {
+        while (running.size > 0) await new Promise((r) => setTimeout(r, 10))
+      })(),
+      opts.stopTimeoutMs ?? 30_000,
+    )
+    await bounded('listener', listener.close(), 5000)
+    await bounded('pg-boss', boss.stop({ graceful: true, wait: true, close: true }), 10_000)
+    for (const sink of ctx.sinks.values()) await bounded('target connection', sink.close(), 2000)
   })
 
   return {

@@ -545,13 +545,13 @@ test('survives a restart of the home Postgres', async (t) => {
   await target.query(MEMBERS_DDL)
   /** One connection per call: the test must not depend on a pool noticing the restart. */
   const q = async (sql: string, params: unknown[] = []) => {
-    const c = new pg.Client({ connectionString: server.url })
+    const c = new pg.Client({ connectionString: server.url, connectionTimeoutMillis: 10_000, query_timeout: 30_000 })
     c.on('error', () => {})
     await c.connect()
     try {
       return (await c.query(sql, params)).rows
     } finally {
-      await c.end().catch(() => {})
+      await Promise.race([c.end().catch(() => {}), sleep(1000)])
     }
   }
   await q(SEGMENT_DDL)
