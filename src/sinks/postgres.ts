@@ -19,9 +19,9 @@ export async function openPostgresSink(url: string, dialect: Dialect, options: {
       sync_key text primary key, pos bigint not null, ord int not null, updated_at timestamptz not null default now())`)
   } catch (err) {
     // Two sinks creating it at the same moment: IF NOT EXISTS does not cover the race, and the
-    // loser sees a unique violation on the catalog (23505) or duplicate_table (42P07). Either way
-    // the table now exists.
-    if (!['23505', '42P07'].includes((err as { code?: string }).code ?? '')) throw err
+    // loser sees a catalog unique violation (23505), duplicate_table (42P07) or duplicate_object
+    // (42710, the row type). Either way the table now exists.
+    if (!['23505', '42P07', '42710'].includes((err as { code?: string }).code ?? '')) throw err
   }
   return {
     dialect,
