@@ -5,7 +5,6 @@ export type ErrorCode =
   | 'TEMPLATE_INVALID' // a template that does not compile or references unknown fields
   | 'VALUE_INVALID' // a member value the target cannot represent (e.g. NUL in a Postgres text)
   | 'SINK_UNREACHABLE' // the target could not be reached; retried with backoff
-  | 'SINK_REJECTED' // the target refused a statement; isolated into dead letters
   | 'MIGRATION_FAILED'
   | 'NOT_FOUND'
 
