@@ -13,7 +13,7 @@ import { createPool } from '../src/db.js'
 import { migrate } from '../src/migrate.js'
 import { startSidecar, type Sidecar } from '../src/sidecar.js'
 import { freshMariadbServer, freshMysql, freshPg, freshPgServer, type FreshMysql, type FreshPg } from './harness/db.js'
-import { deferrer, sleep, until } from './harness/wait.js'
+import { deferrer, homeCaughtUp, sleep, until } from './harness/wait.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const silent = pino({ level: 'silent' })
@@ -132,6 +132,7 @@ test('resync: a corrupted target becomes the segment again; changes right after 
   assert.equal(Number(dups.n), 3000 + 200 - 3)
   assert.deepEqual(await target.query('select member from members where seg = ?', [other]), [{ member: 'keep-me' }])
   // The resync went out as a clear followed by adds.
+  await homeCaughtUp(home.query)
   const log = await home.query(
     `select event, sum(rows)::int as rows from segmenter.log where log_id > $1 and ok and kind = 'batch'
     group by event order by event`,
@@ -162,6 +163,7 @@ test('a new subscription on a segment with 5,000 members starts with segment_ups
   await until('4,998 members', async () => (await count(target)) === 4998)
   assert.deepEqual(await target.query('select segment_id, name from segments'), [{ segment_id: id, name: 'big' }])
   assert.equal(await converged(home, target, id), true)
+  await homeCaughtUp(home.query)
   const log = await home.query(`select event, rows::int from segmenter.log where kind = 'batch' and ok order by log_id`)
   assert.equal(log[0]?.event, 'segment_upsert', `the first batch is the segment: ${JSON.stringify(log.slice(0, 3))}`)
   assert.deepEqual([...new Set(log.slice(1).map((r) => r.event))], ['add'], 'then adds only (no clear, no removes)')
@@ -320,6 +322,7 @@ test('update events: update_sql when given, the (upsert) add template otherwise'
     { member: 'b', email: 'b@old', via: 'add' },
     { member: 'c', email: 'c@new', via: 'upsert' },
   ])
+  await homeCaughtUp(home.query)
   const events =
     await home.query(`select s.name, l.event, sum(l.rows)::int as rows from segmenter.log l join segmenter.subscriptions s using (subscription_id)
     where l.kind = 'batch' and l.ok and l.event in ('add', 'update') group by s.name, l.event order by s.name, l.event`)

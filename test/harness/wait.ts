@@ -32,3 +32,17 @@ export function deferrer(t: { after(fn: () => Promise<void>): void }) {
     fns.push(fn)
   }
 }
+
+/**
+ * Wait until every active subscription's home cursor has caught up. A batch's log row and the home
+ * cursor are written right after the target commits it, so a test that saw the target's state
+ * waits for this before reading segmenter.log.
+ */
+export async function homeCaughtUp(query: (sql: string) => Promise<Array<{ n: number }>>, timeoutMs = 30_000): Promise<void> {
+  await until(
+    'the home cursors to catch up',
+    async () =>
+      (await query(`select coalesce(sum(pending_changes), 0)::int as n from segmenter.status where state = 'active'`))[0]?.n === 0,
+    timeoutMs,
+  )
+}
