@@ -50,7 +50,15 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const { pool, log } = opts
   const pollMs = opts.pollIntervalMs ?? 1000
   const concurrency = opts.concurrency ?? 4
-  const ctx: DeliveryContext = { pool, log, sinks: new Map<string, Sink>(), templates: new Map(), onBatch: opts.onBatch, env: opts.env }
+  const ctx: DeliveryContext = {
+    pool,
+    log,
+    sinks: new Map<string, Sink>(),
+    templates: new Map(),
+    oneLane: new Set(),
+    onBatch: opts.onBatch,
+    env: opts.env,
+  }
 
   // The schema comes from db/ (0002_pgboss.sql): pg-boss must not migrate or run cron here.
   const boss = new PgBoss({

@@ -4,8 +4,8 @@ import { openMysqlSink } from './mysql.js'
 import { openPostgresSink } from './postgres.js'
 import type { Sink } from './sink.js'
 
-export type { Checkpoint, Sink } from './sink.js'
-export { compareCheckpoints, isTransient } from './sink.js'
+export type { Checkpoint, OpenTransaction, Sink } from './sink.js'
+export { compareCheckpoints, isLockConflict, isTransient } from './sink.js'
 
 export interface ConsumerRow {
   consumer_id: string
@@ -16,6 +16,9 @@ export interface ConsumerRow {
   options: Record<string, unknown>
 }
 
+/** Transactions open at once per subscription unless the consumer's options say otherwise. */
+export const DEFAULT_LANES = 2
+
 /** Open the sink a consumer row describes; its URL comes from the environment variable it names. */
 export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = process.env): Promise<Sink> {
   const url = env[consumer.dsn_env]
@@ -24,7 +27,10 @@ export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = p
       hint: `export ${consumer.dsn_env}=mysql://user:password@host:3306/db (or postgres://...) before starting the sidecar`,
     })
   }
-  const options = { checkpointTable: consumer.options.checkpoint_table as string | undefined }
+  const options = {
+    checkpointTable: consumer.options.checkpoint_table as string | undefined,
+    lanes: (consumer.options.lanes as number | undefined) ?? DEFAULT_LANES,
+  }
   try {
     if (consumer.kind === 'mysql') return await openMysqlSink(url, consumer.dialect, options)
     if (consumer.kind === 'postgres') return await openPostgresSink(url, consumer.dialect, options)
