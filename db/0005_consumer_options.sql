@@ -1,0 +1,61 @@
+-- 0005: consumer options are checked when written. Known options:
+--   lanes             how many target transactions one subscription may have open at once
+--                     (1–16, default 2): consecutive batches of one event execute in parallel and
+--                     commit in order, each with its checkpoint.
+--   checkpoint_table  the target table that holds the checkpoints (default segmenter_checkpoint).
+create or replace function segmenter._check_consumer_options(options jsonb) returns void
+language plpgsql as $$
+declare k text;
+begin
+  if options is null or jsonb_typeof(options) <> 'object' then
+    perform segmenter._fail('SG012', 'options: must be a JSON object', 'pass options => ''{}''::jsonb');
+  end if;
+  for k in select jsonb_object_keys(options) loop
+    if k not in ('lanes', 'checkpoint_table') then
+      perform segmenter._fail('SG012', format('options: %L is not a consumer option', k),
+        'known options: lanes (1-16), checkpoint_table (a table name)');
+    end if;
+  end loop;
+  if options ? 'lanes' and (jsonb_typeof(options->'lanes') <> 'number' or (options->>'lanes') !~ '^\d+$'
+                            or (options->>'lanes')::numeric not between 1 and 16) then
+    perform segmenter._fail('SG012', format('options.lanes: %s is not a whole number from 1 to 16', options->'lanes'),
+      'pass options => ''{"lanes": 2}''; 1 applies one batch at a time');
+  end if;
+  if options ? 'checkpoint_table' and (jsonb_typeof(options->'checkpoint_table') <> 'string'
+                                       or btrim(options->>'checkpoint_table') = '' or length(options->>'checkpoint_table') > 63) then
+    perform segmenter._fail('SG012', format('options.checkpoint_table: %s is not a table name', options->'checkpoint_table'),
+      'pass options => ''{"checkpoint_table": "segmenter_checkpoint"}''');
+  end if;
+end $$;
+comment on function segmenter._check_consumer_options is 'Private. Refuses unknown or malformed consumer options (SG012).';
+
+create or replace function segmenter.create_consumer(name text, kind text, dialect text, dsn_env text, options jsonb default '{}')
+returns bigint
+language plpgsql as $$
+declare id bigint;
+begin
+  if name is null or btrim(name) = '' then
+    perform segmenter._fail('SG012', 'name: a consumer needs a non-empty name', 'pass name => ''warehouse''');
+  end if;
+  if kind is null or kind not in ('mysql', 'postgres') then
+    perform segmenter._fail('SG012', format('kind: %L is not a consumer kind', kind), 'use kind => ''mysql'' (MySQL/MariaDB) or ''postgres''');
+  end if;
+  if dialect is null or dialect not in ('mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse') then
+    perform segmenter._fail('SG007', format('dialect: %L is not a known SQL dialect', dialect),
+      'use one of mysql, postgres, mssql, oracle, bigquery, clickhouse');
+  end if;
+  if dsn_env is null or dsn_env !~ '^[A-Za-z_][A-Za-z0-9_]*$' then
+    perform segmenter._fail('SG012', format('dsn_env: %L is not an environment variable name', dsn_env),
+      'name the variable that holds the connection URL, e.g. dsn_env => ''WAREHOUSE_URL''; passwords are never stored in tables');
+  end if;
+  perform segmenter._check_consumer_options(options);
+  insert into segmenter.consumers as c (name, kind, dialect, dsn_env, options)
+  values (name, kind, dialect, dsn_env, options)
+  on conflict on constraint consumers_name_key do update
+    set kind = excluded.kind, dialect = excluded.dialect, dsn_env = excluded.dsn_env, options = excluded.options
+  returning consumer_id into id;
+  return id;
+end $$;
+comment on function segmenter.create_consumer is 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 2), checkpoint_table. Returns consumer_id.';
+
+insert into segmenter.migrations (id, name) values (5, '0005_consumer_options');
