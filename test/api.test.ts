@@ -146,6 +146,24 @@ test('an unknown dialect is SG007; an unknown template syntax is SG008', async (
   await refused(db, sub(`${OK_TEMPLATES}, syntax => 'jinja'`), [], 'SG008', /syntax/, /jinja/)
 })
 
+test('consumer options are checked when written (SG012): lanes 1-16, checkpoint_table a name, nothing unknown', async (t) => {
+  const db = await setup(t)
+  const consumer = (options: string) => `select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '${options}'::jsonb)`
+  for (const bad of ['{"lanes": 0}', '{"lanes": 17}', '{"lanes": 1.5}', '{"lanes": "2"}', '{"lanes": -1}']) {
+    await refused(db, consumer(bad), [], 'SG012', /options\.lanes: .* is not a whole number from 1 to 16/)
+  }
+  await refused(db, consumer('{"checkpoint_table": ""}'), [], 'SG012', /checkpoint_table/)
+  await refused(db, consumer('{"checkpoint_table": 5}'), [], 'SG012', /checkpoint_table/)
+  await refused(db, consumer('{"lane": 2}'), [], 'SG012', /'lane' is not a consumer option/)
+  await refused(db, consumer('[]'), [], 'SG012', /JSON object/)
+  // A refused update leaves the consumer as it was; good options are stored.
+  const [before] = await db.query(`select options from segmenter.consumers where name = 'c'`)
+  assert.deepEqual(before.options, {})
+  await db.query(consumer('{"lanes": 4, "checkpoint_table": "sync_checkpoints"}'))
+  const [after] = await db.query(`select options from segmenter.consumers where name = 'c'`)
+  assert.deepEqual(after.options, { lanes: 4, checkpoint_table: 'sync_checkpoints' })
+})
+
 test('an invalid cron expression is SG009', async (t) => {
   const db = await setup(t)
   await db.query(`create table public.auto_seg (like public.members)`)

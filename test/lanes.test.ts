@@ -4,13 +4,14 @@
 // batches; batches that lock the same rows fall back to one lane and stay exact).
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import mysql from 'mysql2/promise'
 import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar } from '../src/sidecar.js'
 import { openMysqlSink } from '../src/sinks/mysql.js'
 import { openPostgresSink } from '../src/sinks/postgres.js'
 import type { Sink } from '../src/sinks/sink.js'
-import { freshMysql, freshPg, freshPgPlain, type FreshMysql, type FreshPg } from './harness/db.js'
+import { freshMysql, freshPg, freshPgPlain } from './harness/db.js'
 import { deferrer, sleep, until } from './harness/wait.js'
 
 const silent = pino({ level: 'silent' })
@@ -18,7 +19,7 @@ const silent = pino({ level: 'silent' })
 for (const kind of ['mysql', 'postgres'] as const) {
   test(`${kind} sink: two transactions open at once, committed in order; the uncommitted one leaves no trace`, async (t) => {
     const defer = deferrer(t)
-    let target: FreshMysql | FreshPg
+    let target: { url: string; query(sql: string): Promise<any[]> }
     let sink: Sink
     let openTransactions: () => Promise<number>
     if (kind === 'mysql') {
@@ -27,8 +28,15 @@ for (const kind of ['mysql', 'postgres'] as const) {
       defer(() => db.close())
       await db.query('create table members (member varchar(20) not null)')
       sink = await openMysqlSink(db.url, 'mysql', { lanes: 2 })
-      openTransactions = async () =>
-        Number((await db.query(`select count(*) as n from information_schema.innodb_trx where trx_rows_modified > 0`))[0].n)
+      // Uncommitted rows are visible to a dirty read: one row per open transaction below.
+      const dirty = await mysql.createConnection({ uri: db.url })
+      defer(() => dirty.end())
+      await dirty.query('set session transaction isolation level read uncommitted')
+      openTransactions = async () => {
+        const [[{ all }]] = (await dirty.query('select count(*) as "all" from members')) as any
+        const [{ committed }] = await db.query('select count(*) as committed from members')
+        return Number(all) - Number(committed)
+      }
     } else {
       const db = await freshPgPlain()
       target = db
@@ -48,19 +56,20 @@ for (const kind of ['mysql', 'postgres'] as const) {
     const rows = async () => (await target.query('select member from members order by member')).map((r: { member: string }) => r.member)
     const insert = (...ids: string[]) => `insert into members (member) values ${ids.map((id) => `('${id}')`).join(', ')}`
 
-    const first = sink.begin([insert('a1', 'a2')])
+    const first = sink.begin([insert('a1')])
     const second = sink.begin([insert('b1')])
     await Promise.all([first.executed, second.executed])
     assert.equal(await openTransactions(), 2, 'both batches are executing in their own open transaction')
     assert.deepEqual(await rows(), [], 'nothing is visible before a commit')
     await first.commit('lanes', { pos: 10n, ord: 2 })
-    assert.deepEqual(await rows(), ['a1', 'a2'])
+    assert.deepEqual(await rows(), ['a1'])
     assert.deepEqual(await sink.checkpoint('lanes'), { pos: 10n, ord: 2 })
     // The sidecar dies here: the second batch was executed but never committed.
     await sink.close()
     await until('the dead connection is gone', async () => (await openTransactions()) === 0, 10_000)
-    assert.deepEqual(await rows(), ['a1', 'a2'], 'only the committed prefix is in the target')
-    const reopened = kind === 'mysql' ? await openMysqlSink(target.url, 'mysql', { lanes: 2 }) : await openPostgresSink(target.url, 'postgres')
+    assert.deepEqual(await rows(), ['a1'], 'only the committed prefix is in the target')
+    const reopened =
+      kind === 'mysql' ? await openMysqlSink(target.url, 'mysql', { lanes: 2 }) : await openPostgresSink(target.url, 'postgres')
     defer(() => reopened.close())
     assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 10n, ord: 2 }, 'a restart resumes right after the committed batch')
 
@@ -71,7 +80,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
     const after = reopened.begin([insert('c1')])
     await after.executed
     await after.commit('lanes', { pos: 11n, ord: 1 })
-    assert.deepEqual(await rows(), ['a1', 'a2', 'c1'])
+    assert.deepEqual(await rows(), ['a1', 'c1'])
   })
 }
 
@@ -87,11 +96,12 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
   await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
   await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '{"lanes": 2}')`)
   await home.query(
-    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 50,
-      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}',
+    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 125,
+      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}; do sleep(0.05)',
       remove_sql => 'delete from members where member in ({batch_in "id"})')`,
   )
-  // 40 home transactions of 250 members: commit order numbers them, and each is 5 batches.
+  // 40 home transactions of 250 members: commit order numbers them, and each is 2 batches. Each
+  // batch sleeps 50 ms in its transaction, so that the watch sees two open at once.
   const STATEMENTS = 40
   const PER = 250
   const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
@@ -102,7 +112,13 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
     )
   }
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: 100, env: { ...process.env, TARGET_URL: target.url } })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 100,
+    env: { ...process.env, TARGET_URL: target.url },
+  })
   defer(async () => {
     await sidecar.stop()
     await pool.end()
@@ -110,6 +126,10 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
   // Watch the target while it fills: complete statements form a prefix, at most one is partial.
   let polls = 0
   let partialSeen = 0
+  let mostUncommitted = 0
+  const dirty = await mysql.createConnection({ uri: target.url })
+  defer(() => dirty.end())
+  await dirty.query('set session transaction isolation level read uncommitted')
   for (;;) {
     const counts = new Map<number, number>()
     for (const r of await target.query(`select left(member, 3) as s, count(*) as n from members group by left(member, 3)`))
@@ -123,12 +143,20 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
     )
     assert.ok(present.length - full.length <= 1, `at most the last statement is partial: ${JSON.stringify([...counts])}`)
     if (present.length - full.length === 1) partialSeen++
+    // Dirty read first, then the committed count: a commit in between can only lower the difference.
+    const [[{ all }]] = (await dirty.query('select count(*) as "all" from members')) as any
+    const [{ committed }] = await target.query('select count(*) as committed from members')
+    const uncommitted = Number(all) - Number(committed)
+    mostUncommitted = Math.max(mostUncommitted, uncommitted)
     polls++
     if (full.length === STATEMENTS) break
     await sleep(5)
   }
   assert.ok(polls > 3, 'the watch saw delivery in progress')
   assert.ok(partialSeen > 0, 'some polls landed between the batches of one statement')
+  // Only whole batches of 125 are ever uncommitted: more than one batch means two open at once.
+  assert.ok(mostUncommitted > 125, `two batches were open in the target at once (most rows uncommitted: ${mostUncommitted})`)
+  assert.ok(mostUncommitted <= 250, `never more than two (most rows uncommitted: ${mostUncommitted})`)
   const [{ n }] = await target.query('select count(*) as n from members')
   assert.equal(Number(n), STATEMENTS * PER)
 })
@@ -159,7 +187,13 @@ test('batches that lock the same rows in the target fall back to one lane, and t
   const warnings: string[] = []
   const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line).msg) })
   const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log, pollIntervalMs: 100, env: { ...process.env, TARGET_URL: target.url } })
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log,
+    pollIntervalMs: 100,
+    env: { ...process.env, TARGET_URL: target.url },
+  })
   defer(async () => {
     await sidecar.stop()
     await pool.end()
