@@ -118,7 +118,8 @@ await pool.end()
 progress(`resync of ${members} members in a child sidecar`)
 await q(`select segmenter.drop_subscription('latency'), segmenter.drop_subscription('throughput')`)
 await target.conn.query(`truncate members`)
-const child = spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+// Started the way users start it, so its launcher's heap flags apply.
+const child = spawn('bin/segmenter.js', ['run'], {
   cwd: ROOT,
   env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
   stdio: ['ignore', 'ignore', 'inherit'],

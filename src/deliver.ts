@@ -30,6 +30,7 @@ import {
 const LOCK_CLASS = 0x5e6d
 // A read ahead takes ~100 ms for 10,000 members; one that takes this long is given up on.
 const READ_AHEAD_TIMEOUT_MS = 30_000
+const READ_AHEAD_MAX_EVENTS = 20_000
 
 export interface DeliveryContext {
   pool: pg.Pool
@@ -104,8 +105,9 @@ export async function deliverSubscription(
       const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush)
       const round: Round = { ctx, sink, sub, segments, members }
-      // A full window means more is waiting: read it while this one is applied.
-      if (pending.length === window) {
+      // A full window means more is waiting: read it while this one is applied. Not for windows
+      // of big batches: they amortize their own read, and a second one would double the memory.
+      if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
         const end = plan.flush[plan.flush.length - 1]!
         ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window)
       }
