@@ -31,6 +31,8 @@ const LOCK_CLASS = 0x5e6d
 // A read ahead takes ~100 ms for 10,000 members; one that takes this long is given up on.
 const READ_AHEAD_TIMEOUT_MS = 30_000
 const READ_AHEAD_MAX_EVENTS = 20_000
+// Batches delivered on lanes are recorded at home this many at a time (and when the run ends).
+const RECORD_EVERY = 20
 
 export interface DeliveryContext {
   pool: pg.Pool
@@ -292,6 +294,7 @@ async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => bool
   let next = 0
   let committed = 0
   let failure: unknown
+  const done: Delivered[] = [] // committed, not yet recorded at home
   try {
     for (;;) {
       while (next < run.length && open.length < sink.lanes && !shouldStop()) {
@@ -319,10 +322,13 @@ async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => bool
         break
       }
       committed++
-      await record(round, head.batch, performance.now() - head.started, true, undefined, true, head.statement === null ? 0 : 1)
+      ctx.onBatch?.(sub, head.batch, true, performance.now() - head.started)
+      done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms: performance.now() - head.started })
+      if (done.length >= RECORD_EVERY) await recordDelivered(round, done.splice(0))
     }
   } finally {
     await Promise.all(open.map((o) => o.tx.rollback()))
+    await recordDelivered(round, done)
   }
   if (failure !== undefined && isLockConflict(failure)) {
     // The template makes batches touch the same rows: open together they would only wait on each other.
@@ -357,6 +363,32 @@ async function deadLetter(round: Round, batch: Batch, statement: string | null, 
   }
   await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
   await record(round, batch, 0, false, error)
+}
+
+interface Delivered {
+  batch: Batch
+  statements: number
+  ms: number
+}
+
+/** Log batches the target committed, in one call, and move the home cursor past the last. */
+async function recordDelivered({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, done: Delivered[]): Promise<void> {
+  const last = done[done.length - 1]
+  if (!last) return
+  await ctx.pool.query(
+    `select segmenter.record_batches(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, segment_ids => $4::uuid[],
+       events => $5::segmenter.event[], statements => $6::int[], rows => $7::bigint[], duration_ms => $8::float8[])`,
+    [
+      sub.subscription_id,
+      last.batch.through.pos.toString(),
+      last.batch.through.ord,
+      done.map((d) => d.batch.segmentId),
+      done.map((d) => d.batch.event),
+      done.map((d) => d.statements),
+      done.map((d) => d.batch.events.length),
+      done.map((d) => d.ms),
+    ],
+  )
 }
 
 /** Log a round that failed before any batch (the target unreachable), so sync_stats counts it. */

@@ -1,4 +1,5 @@
--- 0005: consumer options are checked when written. Known options:
+-- 0005: parallel lanes. Consumer options are checked when written, and the sidecar records the
+-- batches of a lane run together. Known consumer options:
 --   lanes             how many target transactions one subscription may have open at once
 --                     (1–16, default 2): consecutive batches of one event execute in parallel and
 --                     commit in order, each with its checkpoint.
@@ -58,4 +59,21 @@ begin
 end $$;
 comment on function segmenter.create_consumer is 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 2), checkpoint_table. Returns consumer_id.';
 
-insert into segmenter.migrations (id, name) values (5, '0005_consumer_options');
+-- Several delivered batches at once (one call instead of one per batch: with lanes the home
+-- bookkeeping sat between two target commits). The arrays are parallel, one element per batch.
+create function segmenter.record_batches(
+  subscription_id bigint, cursor_pos bigint, cursor_ord int, segment_ids uuid[], events segmenter.event[],
+  statements int[], rows bigint[], duration_ms double precision[]
+) returns void
+language plpgsql as $$
+begin
+  update segmenter.subscriptions s set cursor_pos = record_batches.cursor_pos, cursor_ord = record_batches.cursor_ord
+  where s.subscription_id = record_batches.subscription_id
+    and (s.cursor_pos, s.cursor_ord) < (record_batches.cursor_pos, record_batches.cursor_ord);
+  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok)
+  select 'batch', record_batches.subscription_id, b.segment_id, b.event, b.statements, b.rows, b.duration_ms, true
+  from unnest(segment_ids, events, statements, rows, duration_ms) as b (segment_id, event, statements, rows, duration_ms);
+end $$;
+comment on function segmenter.record_batches is 'Sidecar: record several delivered batches in segmenter.log (arrays, one element per batch) and advance the subscription''s cursor.';
+
+insert into segmenter.migrations (id, name) values (5, '0005_lanes');
