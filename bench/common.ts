@@ -1,6 +1,6 @@
 // Shared by the benchmarks: a database to run in (BENCH_DATABASE_URL, or a throwaway server
 // started like the tests' one), timing, and the JSON report every benchmark prints.
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { migrate } from '../src/migrate.js'
@@ -95,4 +95,40 @@ export function procStatusMb(pid: number, field: string): number | undefined {
 export const percentile = (xs: number[], p: number): number => {
   const s = [...xs].sort((a, b) => a - b)
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!
+}
+
+/**
+ * CPU time (ms, user + system, including waited-for children) of every process on the machine by
+ * kind: the Postgres servers, the MariaDB servers, Node processes, the rest. A difference of two
+ * readings says where a phase spent the machine's cores.
+ */
+export function cpuByKind(): Record<'postgres' | 'mariadb' | 'node' | 'other', number> {
+  const out = { postgres: 0, mariadb: 0, node: 0, other: 0 }
+  const tick = 1000 / 100 // USER_HZ is 100 on Linux
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    } catch {
+      continue // exited meanwhile
+    }
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const ms = (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * tick
+    const kind = name.startsWith('postgres')
+      ? 'postgres'
+      : name.startsWith('mariadb') || name.startsWith('mysqld')
+        ? 'mariadb'
+        : name.startsWith('node')
+          ? 'node'
+          : 'other'
+    out[kind] += ms
+  }
+  return out
+}
+
+export function cpuSince(before: ReturnType<typeof cpuByKind>): Record<string, number> {
+  const now = cpuByKind()
+  return Object.fromEntries(Object.entries(now).map(([k, v]) => [k, Math.round(v - before[k as keyof typeof before])]))
 }

@@ -1,18 +1,20 @@
 // Delivery into MariaDB through the whole pipeline (home INSERT → capture → sidecar → rendered
 // multi-row INSERT → target transaction with checkpoint), against baselines in the same run:
 //  1. throughput: N adds, batch_size B, vs a raw mysql2 multi-row INSERT of the same rows (same
-//     batch size, one transaction per batch); timed from the home commit until the target's
-//     checkpoint (committed with the rows) covers everything;
+//     batch size, one transaction per batch); timed from the start of the home INSERT (ratio) and
+//     from its commit (drain_ratio) until the home cursor, which follows the target's checkpoint,
+//     covers everything;
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
 // Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200]
 import { spawn } from 'node:child_process'
+import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar } from '../src/sidecar.js'
-import { benchDatabase, benchMysql, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
+import { benchDatabase, benchMysql, cpuByKind, cpuSince, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
@@ -64,6 +66,7 @@ await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARG
 // 1. Throughput --------------------------------------------------------------------------------
 progress(`raw baseline: ${members} rows in batches of ${batch}`)
 await targetTable('raw_members')
+const rawCpu = cpuByKind()
 const rawStart = performance.now()
 for (let first = 1; first <= members; first += batch) {
   const values: string[] = []
@@ -72,6 +75,7 @@ for (let first = 1; first <= members; first += batch) {
   await target.conn.query(`start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`)
 }
 const rawMs = performance.now() - rawStart
+const rawCpuMs = cpuSince(rawCpu)
 
 progress('pipeline')
 const segThroughput = await segment('bench_members')
@@ -86,8 +90,10 @@ await q(
   [segThroughput, members],
 )
 const commitMs = performance.now() - pipeStart
+const drainCpu = cpuByKind()
 await drained(subThroughput)
 const pipeMs = performance.now() - pipeStart
+const drainCpuMs = cpuSince(drainCpu)
 if ((await count('members')) !== members) throw new Error('pipeline lost or duplicated rows')
 
 // 2. Latency -----------------------------------------------------------------------------------
@@ -148,6 +154,14 @@ console.log(
         ratio: round(members / pipeMs / (members / rawMs), 2),
         target_ratio: 0.8,
         home_insert_commit_ms: Math.round(commitMs),
+        // The sidecar alone: from the home commit (the rows and their change log in Postgres) to
+        // the last row in MariaDB, i.e. how fast a backlog drains.
+        drain_rows_per_s: Math.round(members / ((pipeMs - commitMs) / 1000)),
+        drain_ratio: round(members / (pipeMs - commitMs) / (members / rawMs), 2),
+        // Where the machine's cores went: ms of CPU per kind of process.
+        raw_cpu_ms: rawCpuMs,
+        drain_cpu_ms: drainCpuMs,
+        cores: availableParallelism(),
       },
       latency_ms: {
         commits: latencyCommits,
