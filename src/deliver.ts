@@ -95,7 +95,11 @@ export async function deliverSubscription(
       // The next window, read while the previous one was being applied, if it starts here.
       const prefetched = ahead ? await ahead : null
       ahead = null
-      const hit = prefetched !== null && compareCheckpoints(prefetched.from, from) === 0 && prefetched.size === window
+      const hit =
+        prefetched !== null &&
+        compareCheckpoints(prefetched.from, from) === 0 &&
+        prefetched.size === window &&
+        prefetched.scope === sub.segment_ids.join()
       const pending = hit ? prefetched.pending : await readPending(lockClient, sub, from, window)
       if (pending.length === 0) {
         await reconcileHomeCursor(ctx.pool, sub, from)
@@ -147,6 +151,7 @@ export async function deliverSubscription(
 interface Window {
   from: Checkpoint
   size: number
+  scope: string // the subscription's segments it was read for
   pending: PendingEvent[]
   segments: Map<string, SegmentInfo>
   members: MemberRows
@@ -168,7 +173,7 @@ async function readWindow(pool: pg.Pool, sub: SubscriptionRow, from: Checkpoint,
       throw error
     }
     const segments = await loadSegments(pool, [...new Set(pending.map((e) => e.segmentId))])
-    return { from, size, pending, segments, members: await loadMemberRows(pool, segments, pending) }
+    return { from, size, scope: sub.segment_ids.join(), pending, segments, members: await loadMemberRows(pool, segments, pending) }
   }
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), READ_AHEAD_TIMEOUT_MS)))
