@@ -6,6 +6,7 @@ import type { Logger } from 'pino'
 import { compact, MEMBER_EVENTS, planFlush, toBatches, type Batch, type PendingEvent } from './batch.js'
 import { compileTemplate, type CompiledTemplate, type Dialect } from './render/index.js'
 import {
+  columnsFor,
   loadMemberRows,
   loadSegments,
   loadSubscription,
@@ -109,13 +110,14 @@ export async function deliverSubscription(
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
       const batches = toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null)
       const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
-      const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush)
+      const columnsOf = memberColumns(ctx, sub, sink.dialect)
+      const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
       const round: Round = { ctx, sink, sub, segments, members }
       // A full window means more is waiting: read it while this one is applied. Not for windows
       // of big batches: they amortize their own read, and a second one would double the memory.
       if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
         const end = plan.flush[plan.flush.length - 1]!
-        ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window)
+        ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window, columnsOf)
       }
       // Stops only between batches: each is committed whole with its checkpoint, or not at all.
       for (let i = 0; i < batches.length && !shouldStop();) {
@@ -161,7 +163,13 @@ interface Window {
  * Read a window on its own connection. Never rejects and never hangs for long: a failed or slow
  * read ahead (the home database restarting) is null, and the window is read again in order.
  */
-async function readWindow(pool: pg.Pool, sub: SubscriptionRow, from: Checkpoint, size: number): Promise<Window | null> {
+async function readWindow(
+  pool: pg.Pool,
+  sub: SubscriptionRow,
+  from: Checkpoint,
+  size: number,
+  columnsOf: (segment: SegmentInfo) => string[] | null,
+): Promise<Window | null> {
   const read = async (): Promise<Window> => {
     const client = await pool.connect()
     let pending: PendingEvent[]
@@ -173,7 +181,8 @@ async function readWindow(pool: pg.Pool, sub: SubscriptionRow, from: Checkpoint,
       throw error
     }
     const segments = await loadSegments(pool, [...new Set(pending.map((e) => e.segmentId))])
-    return { from, size, scope: sub.segment_ids.join(), pending, segments, members: await loadMemberRows(pool, segments, pending) }
+    const members = await loadMemberRows(pool, segments, pending, columnsOf)
+    return { from, size, scope: sub.segment_ids.join(), pending, segments, members }
   }
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), READ_AHEAD_TIMEOUT_MS)))
@@ -225,6 +234,21 @@ function templateFor(ctx: DeliveryContext, sub: SubscriptionRow, event: Batch['e
     ctx.templates.set(key, t)
   }
   return t
+}
+
+/**
+ * Which member columns to read: for the seed's syntax, those its member templates name. A
+ * Squirrelly template is code and may read any column, so it gets them all.
+ */
+function memberColumns(ctx: DeliveryContext, sub: SubscriptionRow, dialect: Dialect): (segment: SegmentInfo) => string[] | null {
+  if (sub.syntax !== 'altcraft') return () => null
+  const fields = new Set<string>()
+  try {
+    for (const event of MEMBER_EVENTS) templateFor(ctx, sub, event, dialect)?.fields.forEach((f) => fields.add(f))
+  } catch {
+    return () => null // a template that does not compile fails where it renders, and is dead-lettered there
+  }
+  return (segment) => columnsFor(segment, fields)
 }
 
 /** What the batches of one flushed window share. */

@@ -113,12 +113,14 @@ export interface SegmentInfo {
   name: string
   table_name: string
   id_type: string
+  columns: string[] // of the segment table, in order
 }
 
 export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<Map<string, SegmentInfo>> {
   // The latest definition, current or retired: a retired segment's last events still render.
   const { rows } = await db.query<SegmentInfo>(
-    `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type
+    `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type,
+            array(select attname::text from pg_attribute where attrelid = table_name and attnum > 0 and not attisdropped order by attnum) as columns
      from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
     [segmentIds],
   )
@@ -133,7 +135,12 @@ export type MemberRows = Map<string, Map<string, Record<string, unknown>>>
  * (a query per batch was a third of delivery time), keyed by segment id, then member id.
  * Members removed by DELETE carry their row in the event and are not looked up.
  */
-export async function loadMemberRows(db: pg.Pool, segments: Map<string, SegmentInfo>, events: PendingEvent[]): Promise<MemberRows> {
+export async function loadMemberRows(
+  db: pg.Pool,
+  segments: Map<string, SegmentInfo>,
+  events: PendingEvent[],
+  columnsOf: (segment: SegmentInfo) => string[] | null = () => null,
+): Promise<MemberRows> {
   const wanted = new Map<string, Set<string>>()
   for (const e of events) {
     if (e.memberId === null || e.row !== null) continue
@@ -150,15 +157,39 @@ export async function loadMemberRows(db: pg.Pool, segments: Map<string, SegmentI
     // One index probe per id (a LATERAL subquery is always a nested loop). Right after a bulk
     // load the table has no statistics, and `id = any($2)` or a plain join were planned as a scan
     // of every member of the segment: 200-500 ms a window at 1M members, instead of 50.
+    const columns = columnsOf(segment)
+    const list = columns ? columns.map((c) => 't.' + quoteIdent(c)).join(', ') : 't.*'
     const { rows } = await db.query(
       `select r.* from unnest($2::${segment.id_type}[]) as wanted (id)
-       cross join lateral (select t.* from ${segment.table_name} t where t.segment_id = $1 and t.id = wanted.id
+       cross join lateral (select ${list} from ${segment.table_name} t where t.segment_id = $1 and t.id = wanted.id
                            order by t.actual_end desc limit 1) r`,
       [segmentId, [...ids]],
     )
     for (const r of rows) byId.set(String(r.id), r)
   }
   return result
+}
+
+const quoteIdent = (name: string) => '"' + name.replaceAll('"', '""') + '"'
+
+/**
+ * The columns of `segment` that templates naming `fields` read (matched like fieldValue: exact,
+ * else the one case-insensitive match), with segment_id and id; null if one is not there, so
+ * that rendering reports it as before. Fetching only these skips, for instance, formatting and
+ * parsing three timestamps per member that no template prints.
+ */
+export function columnsFor(segment: SegmentInfo, fields: Iterable<string>): string[] | null {
+  const chosen = new Set(['segment_id', 'id'])
+  for (const field of fields) {
+    if (segment.columns.includes(field)) {
+      chosen.add(field)
+      continue
+    }
+    const matches = segment.columns.filter((c) => c.toLowerCase() === field.toLowerCase())
+    if (matches.length !== 1) return null
+    chosen.add(matches[0]!)
+  }
+  return [...chosen]
 }
 
 /** A batch's members in batch order: the looked-up row, the row captured at DELETE, or just the keys. */
