@@ -21,5 +21,10 @@ export function createPool(connectionString: string, max = 10): pg.Pool {
     connectionTimeoutMillis: 10_000, // a server that is restarting: fail and retry, never wait forever
   })
   pool.on('error', () => {}) // an idle client lost with the server; the next checkout reconnects
+  // A checked-out client has no listener of the pool's: a server shutdown arriving between two of
+  // its queries (the advisory-lock client of a delivery round) would be an uncaught 'error' event
+  // and kill the sidecar. Ignored here, it fails the client's next query instead, and the pool
+  // drops the client on release.
+  pool.on('connect', (client) => client.on('error', () => {}))
   return pool
 }

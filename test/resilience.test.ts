@@ -6,6 +6,7 @@ import mysql from 'mysql2/promise'
 import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar } from '../src/sidecar.js'
+import { isTransient } from '../src/sinks/index.js'
 import { freshMariadbServer, freshMysql, freshPg } from './harness/db.js'
 import { deferrer, sleep, until } from './harness/wait.js'
 
@@ -164,4 +165,25 @@ test('target down for 30 s mid-delivery: retries, errors counted, then catches u
   const [pending] = await home.query(`select pending_changes::int as n from segmenter.status`)
   await until('status clean', async () => Number((await home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0)
   assert.ok(pending.n >= 0)
+})
+
+test('a checked-out home connection killed between two queries fails its next query (retryable) instead of the process', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  const pool = createPool(home.url)
+  defer(() => pool.end())
+  const client = await pool.connect() // held the way a delivery round holds its advisory-lock client
+  const [{ pid }] = (await client.query('select pg_backend_pid() as pid')).rows
+  await home.query('select pg_terminate_backend($1)', [pid])
+  await sleep(300) // the server's FATAL message arrives while no query runs on the client
+  const error = await client.query('select 1').then(
+    () => null,
+    (e: Error) => e,
+  )
+  assert.ok(error, 'the dead connection cannot answer')
+  assert.ok(isTransient(error), `a lost home connection is retried, not treated as a rejection: ${error.message}`)
+  client.release()
+  const [{ ok }] = (await pool.query('select true as ok')).rows
+  assert.equal(ok, true, 'the pool dropped the dead client and connects anew')
 })

@@ -197,7 +197,7 @@ export function isTransient(err: unknown): boolean {
   if (e?.errno !== undefined && [1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 1927].includes(e.errno)) return true
   // Postgres: connection exceptions, serialization / deadlock, insufficient resources, admin shutdown.
   if (/^(08|40|53|57P)/.test(code)) return true
-  return /Connection terminated|connection is closed|Cannot enqueue|socket hang up/i.test(String((err as Error)?.message))
+  return /Connection terminated|connection is closed|not queryable|Cannot enqueue|socket hang up/i.test(String((err as Error)?.message))
 }
 
 /** Two open transactions wanted the same rows (lock wait timeout or deadlock, either server). */
