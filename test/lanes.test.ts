@@ -1,4 +1,5 @@
-// Parallel lanes: several target transactions open at once, committed in batch order. Tested on
+// Parallel lanes and read-ahead: several target transactions open at once, committed in batch
+// order, and the next window read while one is applied. Tested on
 // the sinks directly (two transactions really are open together; a crash between commits leaves
 // a prefix and its checkpoint) and end to end (the target only ever shows a prefix of the
 // batches; batches that lock the same rows fall back to one lane and stay exact).
@@ -210,4 +211,52 @@ test('batches that lock the same rows in the target fall back to one lane, and t
     warnings.some((w) => /one lane from now on/.test(w)),
     `the conflict was noticed and the subscription went to one lane: ${JSON.stringify(warnings)}`,
   )
+})
+
+test('a resync while windows are being read ahead: the target ends exact', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  const target = await freshMysql()
+  defer(() => target.close())
+  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
+    create index on seg (segment_id, id)`)
+  await target.query('create table members (member varchar(20) not null)')
+  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
+  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL')`)
+  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
+  await home.query(
+    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 500,
+      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}',
+      remove_sql => 'delete from members where member in ({batch_in "id"})', clear_sql => 'delete from members')`,
+  )
+  // 50,000 members: five full windows of 10,000, each read while the one before is applied.
+  await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 50000) g`, [segmentId])
+  const pool = createPool(home.url)
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 100,
+    env: { ...process.env, TARGET_URL: target.url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
+  const delivered = async () => Number((await target.query('select count(*) as n from members'))[0].n)
+  await until('delivery under way', async () => (await delivered()) >= 12_000, 60_000)
+  // Mid-delivery: leavers the old stream has not reached yet, then a resync, then newcomers.
+  await home.query(`update seg set actual_end = now() where id in ('m49999', 'm50000', 'm3')`)
+  await home.query(`select segmenter.resync('s')`)
+  await home.query(`insert into seg (segment_id, id) select $1, 'n' || g from generate_series(1, 100) g`, [segmentId])
+  const want = 50_000 - 3 + 100
+  await until('converged', async () => (await delivered()) === want, 120_000)
+  await sleep(1000) // a read-ahead used after the resync would add pre-snapshot rows now
+  const [{ n, d }] = await target.query('select count(*) as n, count(distinct member) as d from members')
+  assert.equal(Number(n), want, 'every current member, nothing else')
+  assert.equal(Number(d), want, 'each once')
+  const [{ gone }] = await target.query(`select count(*) as gone from members where member in ('m49999', 'm50000', 'm3')`)
+  assert.equal(Number(gone), 0, 'the leavers are not in the target')
 })
