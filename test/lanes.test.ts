@@ -1,8 +1,8 @@
 // Parallel lanes and read-ahead: several target transactions open at once, committed in batch
-// order, and the next window read while one is applied. Tested on
-// the sinks directly (two transactions really are open together; a crash between commits leaves
-// a prefix and its checkpoint) and end to end (the target only ever shows a prefix of the
-// batches; batches that lock the same rows fall back to one lane and stay exact).
+// order, and the next window read while one is applied. Tested on the sinks directly (two
+// transactions really are open together; a crash between commits leaves a prefix and its
+// checkpoint) and end to end (the target only ever shows a prefix of the batches; batches that
+// lock the same rows fall back to one lane and stay exact; a resync mid-delivery stays exact).
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import mysql from 'mysql2/promise'
