@@ -61,7 +61,8 @@ async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<v
     await sleep(100)
   }
 }
-await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
+// Two lanes: the templates below only write their own members' rows (see "Lanes" in the README).
+await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', '{"lanes": 2}')`)
 
 // 1. Throughput --------------------------------------------------------------------------------
 progress(`raw baseline: ${members} rows in batches of ${batch}`)

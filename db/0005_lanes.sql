@@ -1,8 +1,9 @@
 -- 0005: parallel lanes. Consumer options are checked when written, and the sidecar records the
 -- batches of a lane run together. Known consumer options:
 --   lanes             how many target transactions one subscription may have open at once
---                     (1–16, default 2): consecutive batches of one event execute in parallel and
---                     commit in order, each with its checkpoint.
+--                     (1–16, default 1): consecutive batches of one event execute in parallel and
+--                     commit in order, each with its checkpoint. For templates that only write
+--                     the batch's own members' rows; see the README.
 --   checkpoint_table  the target table that holds the checkpoints (default segmenter_checkpoint).
 create or replace function segmenter._check_consumer_options(options jsonb) returns void
 language plpgsql as $$
@@ -57,7 +58,7 @@ begin
   returning consumer_id into id;
   return id;
 end $$;
-comment on function segmenter.create_consumer is 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 2), checkpoint_table. Returns consumer_id.';
+comment on function segmenter.create_consumer is 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 1), checkpoint_table. Returns consumer_id.';
 
 -- Several delivered batches at once (one call instead of one per batch: with lanes the home
 -- bookkeeping sat between two target commits). The arrays are parallel, one element per batch.

@@ -16,54 +16,56 @@ const DDL = `create table seg (segment_id uuid not null, id text, actual_begin t
 const ADD = 'insert into members (member) values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}'
 const REMOVE = 'delete from members where member in ({batch_in "id"})'
 
-test('kill -9 of the sidecar during a 100,000-member delivery: nothing lost, nothing twice', async (t) => {
-  const home = await freshPg()
-  const target = await freshMysql()
-  const defer = deferrer(t)
-  defer(() => home.close())
-  defer(() => target.close())
-  await target.query('create table members (member varchar(64) not null)') // no unique key: a duplicate would show
-  await home.query(DDL)
-  const [{ id }] = await home.query(`select segmenter.create_segment('big', 'seg') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'big', consumer => 'maria', segments => array['big'], add_sql => $1, remove_sql => $2, batch_size => 500, syntax => 'altcraft')`,
-    [ADD, REMOVE],
-  )
-  await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [id])
-  const count = async () => Number((await target.query('select count(*) as n from members'))[0].n)
-  const run = (): ChildProcess =>
-    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-      env: {
-        ...process.env,
-        DATABASE_URL: home.url,
-        TARGET_URL: target.url,
-        SEGMENTER_LOG_LEVEL: 'warn',
-        SEGMENTER_POLL_INTERVAL_MS: '100',
-        SEGMENTER_HTTP_PORT: '0',
-      },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    })
-  let kills = 0
-  for (const threshold of [5_000, 25_000, 45_000, 65_000]) {
+for (const lanes of [1, 2]) {
+  test(`kill -9 of the sidecar during a 100,000-member delivery: nothing lost, nothing twice (lanes ${lanes})`, async (t) => {
+    const home = await freshPg()
+    const target = await freshMysql()
+    const defer = deferrer(t)
+    defer(() => home.close())
+    defer(() => target.close())
+    await target.query('create table members (member varchar(64) not null)') // no unique key: a duplicate would show
+    await home.query(DDL)
+    const [{ id }] = await home.query(`select segmenter.create_segment('big', 'seg') as id`)
+    await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes })])
+    await home.query(
+      `select segmenter.create_subscription(name => 'big', consumer => 'maria', segments => array['big'], add_sql => $1, remove_sql => $2, batch_size => 500, syntax => 'altcraft')`,
+      [ADD, REMOVE],
+    )
+    await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [id])
+    const count = async () => Number((await target.query('select count(*) as n from members'))[0].n)
+    const run = (): ChildProcess =>
+      spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+        env: {
+          ...process.env,
+          DATABASE_URL: home.url,
+          TARGET_URL: target.url,
+          SEGMENTER_LOG_LEVEL: 'warn',
+          SEGMENTER_POLL_INTERVAL_MS: '100',
+          SEGMENTER_HTTP_PORT: '0',
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      })
+    let kills = 0
+    for (const threshold of [5_000, 25_000, 45_000, 65_000]) {
+      const child = run()
+      const exited = new Promise((r) => child.once('exit', r))
+      await until(`${threshold} rows`, async () => (await count()) >= threshold, 120_000)
+      child.kill('SIGKILL')
+      await exited
+      kills++
+      assert.ok((await count()) < 100_000, 'killed mid-delivery')
+    }
     const child = run()
-    const exited = new Promise((r) => child.once('exit', r))
-    await until(`${threshold} rows`, async () => (await count()) >= threshold, 120_000)
-    child.kill('SIGKILL')
-    await exited
-    kills++
-    assert.ok((await count()) < 100_000, 'killed mid-delivery')
-  }
-  const child = run()
-  defer(() => child.kill('SIGKILL'))
-  await until('all rows', async () => (await count()) >= 100_000, 180_000)
-  await sleep(500)
-  const [row] = await target.query('select count(*) as n, count(distinct member) as d from members')
-  assert.equal(kills, 4)
-  assert.equal(Number(row.n), 100_000)
-  assert.equal(Number(row.d), 100_000)
-  child.kill('SIGTERM')
-})
+    defer(() => child.kill('SIGKILL'))
+    await until('all rows', async () => (await count()) >= 100_000, 180_000)
+    await sleep(500)
+    const [row] = await target.query('select count(*) as n, count(distinct member) as d from members')
+    assert.equal(kills, 4)
+    assert.equal(Number(row.n), 100_000)
+    assert.equal(Number(row.d), 100_000)
+    child.kill('SIGTERM')
+  })
+}
 
 test('two sidecars at once give the exact result, in order', async (t) => {
   const home = await freshPg()

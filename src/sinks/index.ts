@@ -16,8 +16,11 @@ export interface ConsumerRow {
   options: Record<string, unknown>
 }
 
-/** Transactions open at once per subscription unless the consumer's options say otherwise. */
-export const DEFAULT_LANES = 2
+/**
+ * Transactions open at once per subscription unless the consumer's options say otherwise. One:
+ * each batch's statements run only after the previous batch committed, whatever they read.
+ */
+export const DEFAULT_LANES = 1
 
 /** Open the sink a consumer row describes; its URL comes from the environment variable it names. */
 export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = process.env): Promise<Sink> {
