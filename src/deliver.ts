@@ -64,6 +64,7 @@ export async function deliverSubscription(
   const lockClient = await ctx.pool.connect()
   let locked = false
   let ahead: Promise<Window | null> | null = null
+  let failure: Error | undefined
   try {
     locked = (await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2::int) as ok', [LOCK_CLASS, subscriptionId]))
       .rows[0]!.ok
@@ -142,10 +143,15 @@ export async function deliverSubscription(
       if (shouldStop()) return { kind: 'idle' }
       if (plan.waitMs !== null) return { kind: 'wait', ms: plan.waitMs }
     }
+  } catch (error) {
+    failure = error as Error
+    throw error
   } finally {
     await ahead
-    if (locked) await lockClient.query('select pg_advisory_unlock($1, $2::int)', [LOCK_CLASS, subscriptionId]).catch(() => {})
-    lockClient.release()
+    // After a failure the client may be mid-query on a dead connection: it is discarded (which
+    // also ends its session and so the advisory lock) instead of going back to the pool.
+    if (locked && !failure) await lockClient.query('select pg_advisory_unlock($1, $2::int)', [LOCK_CLASS, subscriptionId]).catch(() => {})
+    lockClient.release(failure)
   }
 }
 

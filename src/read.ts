@@ -82,6 +82,7 @@ const pendingEvent = (
 export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
   const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()]))
   const events: PendingEvent[] = []
+  let failed = false
   try {
     for (let pageSize = 1; ;) {
       // Fetch about as many changes as the window still needs: one change can hold 10,000
@@ -103,10 +104,36 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
       const perChange = Math.max(1, ...page.map((c) => c.members))
       pageSize = Math.min(1000, Math.max(1, Math.ceil((limit - events.length) / perChange)))
     }
+  } catch (error) {
+    failed = true
+    throw error
   } finally {
-    await cursor.close()
+    await closeCursor(cursor, failed)
   }
 }
+
+/**
+ * pg-cursor's close() waits for the server's ReadyForQuery, which never comes on a connection
+ * that died mid-read (a home restart): a round hung there for good. After a failed read the
+ * connection is not waited for (its client is released with the error and discarded); otherwise
+ * the wait is bounded, and running out of it fails like a lost connection.
+ */
+async function closeCursor(cursor: Cursor<ChangeRow>, failed: boolean): Promise<void> {
+  if (failed) {
+    cursor.close().catch(() => {})
+    return
+  }
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error('Connection terminated: closing the change cursor timed out')), CURSOR_CLOSE_TIMEOUT_MS)
+  })
+  try {
+    await Promise.race([cursor.close(), timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+const CURSOR_CLOSE_TIMEOUT_MS = 10_000
 
 export interface SegmentInfo {
   segment_id: string

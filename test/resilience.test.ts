@@ -5,6 +5,7 @@ import { test } from 'node:test'
 import mysql from 'mysql2/promise'
 import { pino } from 'pino'
 import { createPool } from '../src/db.js'
+import { readPending, type SubscriptionRow } from '../src/read.js'
 import { startSidecar } from '../src/sidecar.js'
 import { isTransient } from '../src/sinks/index.js'
 import { freshMariadbServer, freshMysql, freshPg } from './harness/db.js'
@@ -188,4 +189,33 @@ test('a checked-out home connection killed between two queries fails its next qu
   client.release()
   const [{ ok }] = (await pool.query('select true as ok')).rows
   assert.equal(ok, true, 'the pool dropped the dead client and connects anew')
+})
+
+test("a change read whose connection dies mid-read fails at once instead of hanging on the cursor's close", async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  const pool = createPool(home.url)
+  defer(() => pool.end())
+  const client = await pool.connect()
+  const [{ pid }] = (await client.query('select pg_backend_pid() as pid')).rows
+  // Hold the change log so that the read blocks on the server, then kill its connection.
+  const locker = await pool.connect()
+  await locker.query('begin; lock table segmenter.changes in access exclusive mode')
+  const sub = { segment_ids: ['00000000-0000-0000-0000-000000000001'], subscription_id: '1' } as SubscriptionRow
+  const reading = readPending(client, sub, { pos: 0n, ord: 0 }, 100).then(
+    () => 'read',
+    (e: Error) => e,
+  )
+  await until('the read waits for the lock', async () => {
+    const [row] = await home.query(`select wait_event_type from pg_stat_activity where pid = $1`, [pid])
+    return row?.wait_event_type === 'Lock'
+  })
+  await home.query('select pg_terminate_backend($1)', [pid])
+  const outcome = await Promise.race([reading, sleep(5000).then(() => 'still waiting')])
+  client.release(new Error('discard')) // before asserting: the pool's end() would wait for it
+  await locker.query('rollback')
+  locker.release()
+  assert.ok(outcome instanceof Error, `the read fails (got: ${String(outcome)})`)
+  assert.ok(isTransient(outcome), `as a lost connection, retried: ${outcome.message}`)
 })
