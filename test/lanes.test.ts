@@ -2,7 +2,8 @@
 // order, and the next window read while one is applied. Tested on the sinks directly (two
 // transactions really are open together; a crash between commits leaves a prefix and its
 // checkpoint) and end to end (the target only ever shows a prefix of the batches; batches that
-// lock the same rows fall back to one lane and stay exact; a resync mid-delivery stays exact).
+// lock the same rows fall back to one lane and stay exact; rejected rows are dead-lettered and
+// the rest arrive once; a resync mid-delivery stays exact).
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import mysql from 'mysql2/promise'
@@ -259,4 +260,52 @@ test('a resync while windows are being read ahead: the target ends exact', async
   assert.equal(Number(d), want, 'each once')
   const [{ gone }] = await target.query(`select count(*) as gone from members where member in ('m49999', 'm50000', 'm3')`)
   assert.equal(Number(gone), 0, 'the leavers are not in the target')
+})
+
+test('with 2 lanes, rows the target rejects are isolated and dead-lettered; every other member arrives once', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  const target = await freshMysql()
+  defer(() => target.close())
+  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
+  await target.query(`create table members (member varchar(20) not null, constraint no_bad check (member not like 'bad%'))`)
+  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
+  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '{"lanes": 2}')`)
+  await home.query(
+    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 10,
+      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}',
+      remove_sql => 'delete from members where member in ({batch_in "id"})')`,
+  )
+  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
+  // Two bad members, in the 6th and the 14th of 20 batches, both inside one lane run.
+  await home.query(
+    `insert into seg (segment_id, id) select $1, case when g in (57, 133) then 'bad-' || g else 'm' || g end from generate_series(1, 200) g`,
+    [segmentId],
+  )
+  const pool = createPool(home.url)
+  const sidecar = await startSidecar({
+    databaseUrl: home.url,
+    pool,
+    log: silent,
+    pollIntervalMs: 100,
+    env: { ...process.env, TARGET_URL: target.url },
+  })
+  defer(async () => {
+    await sidecar.stop()
+    await pool.end()
+  })
+  await until('both dead letters', async () => Number((await home.query(`select count(*) as n from segmenter.dead_letters`))[0].n) === 2)
+  await until('198 members', async () => Number((await target.query('select count(*) as n from members'))[0].n) === 198)
+  await sleep(500)
+  const [{ n, d }] = await target.query('select count(*) as n, count(distinct member) as d from members')
+  assert.equal(Number(n), 198, 'every good member arrived')
+  assert.equal(Number(d), 198, 'each once')
+  const dead = await home.query(`select member_id, error from segmenter.dead_letters order by member_id`)
+  assert.deepEqual(
+    dead.map((r) => r.member_id),
+    ['bad-133', 'bad-57'],
+  )
+  for (const r of dead) assert.match(r.error, /no_bad/)
 })
