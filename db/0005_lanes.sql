@@ -5,8 +5,8 @@
 --                     commit in order, each with its checkpoint. For templates that only write
 --                     the batch's own members' rows; see the README.
 --   checkpoint_table  the target table that holds the checkpoints (default segmenter_checkpoint).
-create or replace function segmenter._check_consumer_options(options jsonb) returns void
-language plpgsql as $$
+create function segmenter._consumer_options_valid(options jsonb) returns boolean
+language plpgsql immutable as $$
 declare k text;
 begin
   if options is null or jsonb_typeof(options) <> 'object' then
@@ -28,36 +28,13 @@ begin
     perform segmenter._fail('SG012', format('options.checkpoint_table: %s is not a table name', options->'checkpoint_table'),
       'pass options => ''{"checkpoint_table": "segmenter_checkpoint"}''');
   end if;
+  return true;
 end $$;
-comment on function segmenter._check_consumer_options is 'Private. Refuses unknown or malformed consumer options (SG012).';
+comment on function segmenter._consumer_options_valid is 'Private. True for valid consumer options; refuses unknown or malformed ones (SG012) with a hint.';
 
-create or replace function segmenter.create_consumer(name text, kind text, dialect text, dsn_env text, options jsonb default '{}')
-returns bigint
-language plpgsql as $$
-declare id bigint;
-begin
-  if name is null or btrim(name) = '' then
-    perform segmenter._fail('SG012', 'name: a consumer needs a non-empty name', 'pass name => ''warehouse''');
-  end if;
-  if kind is null or kind not in ('mysql', 'postgres') then
-    perform segmenter._fail('SG012', format('kind: %L is not a consumer kind', kind), 'use kind => ''mysql'' (MySQL/MariaDB) or ''postgres''');
-  end if;
-  if dialect is null or dialect not in ('mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse') then
-    perform segmenter._fail('SG007', format('dialect: %L is not a known SQL dialect', dialect),
-      'use one of mysql, postgres, mssql, oracle, bigquery, clickhouse');
-  end if;
-  if dsn_env is null or dsn_env !~ '^[A-Za-z_][A-Za-z0-9_]*$' then
-    perform segmenter._fail('SG012', format('dsn_env: %L is not an environment variable name', dsn_env),
-      'name the variable that holds the connection URL, e.g. dsn_env => ''WAREHOUSE_URL''; passwords are never stored in tables');
-  end if;
-  perform segmenter._check_consumer_options(options);
-  insert into segmenter.consumers as c (name, kind, dialect, dsn_env, options)
-  values (name, kind, dialect, dsn_env, options)
-  on conflict on constraint consumers_name_key do update
-    set kind = excluded.kind, dialect = excluded.dialect, dsn_env = excluded.dsn_env, options = excluded.options
-  returning consumer_id into id;
-  return id;
-end $$;
+-- A constraint rather than a check inside create_consumer: it also covers a direct UPDATE of the
+-- table. NOT VALID: rows written before this migration are not re-checked, so an upgrade cannot fail.
+alter table segmenter.consumers add constraint consumers_options_valid check (segmenter._consumer_options_valid(options)) not valid;
 comment on function segmenter.create_consumer is 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 1), checkpoint_table. Returns consumer_id.';
 
 -- Several delivered batches at once (one call instead of one per batch: with lanes the home

@@ -146,7 +146,7 @@ test('an unknown dialect is SG007; an unknown template syntax is SG008', async (
   await refused(db, sub(`${OK_TEMPLATES}, syntax => 'jinja'`), [], 'SG008', /syntax/, /jinja/)
 })
 
-test('consumer options are checked when written (SG012): lanes 1-16, checkpoint_table a name, nothing unknown', async (t) => {
+test('consumer options are checked when written, also by a direct UPDATE (SG012): lanes 1-16, checkpoint_table a name, nothing unknown', async (t) => {
   const db = await setup(t)
   const consumer = (options: string) => `select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '${options}'::jsonb)`
   for (const bad of ['{"lanes": 0}', '{"lanes": 17}', '{"lanes": 1.5}', '{"lanes": "2"}', '{"lanes": -1}']) {
@@ -156,6 +156,8 @@ test('consumer options are checked when written (SG012): lanes 1-16, checkpoint_
   await refused(db, consumer('{"checkpoint_table": 5}'), [], 'SG012', /checkpoint_table/)
   await refused(db, consumer('{"lane": 2}'), [], 'SG012', /'lane' is not a consumer option/)
   await refused(db, consumer('[]'), [], 'SG012', /JSON object/)
+  // A constraint on the table: a direct UPDATE is refused the same way.
+  await refused(db, `update segmenter.consumers set options = '{"lanes": 0}' where name = 'c'`, [], 'SG012', /options\.lanes/)
   // A refused update leaves the consumer as it was; good options are stored.
   const [before] = await db.query(`select options from segmenter.consumers where name = 'c'`)
   assert.deepEqual(before.options, {})
