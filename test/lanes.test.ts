@@ -86,45 +86,78 @@ for (const kind of ['mysql', 'postgres'] as const) {
   })
 }
 
-test('end to end with 2 lanes: the target only ever shows whole statements in order, and ends exact', async (t) => {
+const ADD = 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}'
+const REMOVE = 'delete from members where member in ({batch_in "id"})'
+
+interface Scenario {
+  lanes: number
+  batchSize: number
+  /** The target's tables (a `members` table at least). */
+  targetDdl: string[]
+  addSql?: string
+  clearSql?: string
+}
+/**
+ * A home database with segment `seg` (table `seg`), a fresh MariaDB target, consumer `c` with
+ * the given lanes and altcraft subscription `s`; `start` runs a sidecar until the test ends.
+ */
+async function scenario(t: { after(fn: () => Promise<void>): void }, o: Scenario) {
   const defer = deferrer(t)
   const home = await freshPg()
   defer(() => home.close())
   const target = await freshMysql()
   defer(() => target.close())
   await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
-  await target.query('create table members (member varchar(20) not null)')
-  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
-  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '{"lanes": 2}')`)
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
+    create index on seg (segment_id, id)`)
+  for (const ddl of o.targetDdl) await target.query(ddl)
+  const [{ id: segmentId }] = await home.query(`select segmenter.create_segment('seg', 'seg'::regclass) as id`)
+  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes: o.lanes })])
   await home.query(
-    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 125,
-      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}; do sleep(0.05)',
-      remove_sql => 'delete from members where member in ({batch_in "id"})')`,
+    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft',
+      batch_size => $1, add_sql => $2, remove_sql => $3, clear_sql => $4)`,
+    [o.batchSize, o.addSql ?? ADD, REMOVE, o.clearSql ?? null],
   )
+  return {
+    home,
+    target,
+    segmentId: segmentId as string,
+    defer,
+    async start(log = silent) {
+      const pool = createPool(home.url)
+      const sidecar = await startSidecar({
+        databaseUrl: home.url,
+        pool,
+        log,
+        pollIntervalMs: 100,
+        env: { ...process.env, TARGET_URL: target.url },
+      })
+      defer(async () => {
+        await sidecar.stop()
+        await pool.end()
+      })
+    },
+  }
+}
+
+test('end to end with 2 lanes: the target only ever shows whole statements in order, and ends exact', async (t) => {
   // 40 home transactions of 250 members: commit order numbers them, and each is 2 batches. Each
   // batch sleeps 50 ms in its transaction, so that the watch sees two open at once.
+  const { home, target, segmentId, defer, start } = await scenario(t, {
+    lanes: 2,
+    batchSize: 125,
+    targetDdl: ['create table members (member varchar(20) not null)'],
+    addSql: `${ADD}; do sleep(0.05)`,
+  })
   const STATEMENTS = 40
   const PER = 250
-  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
   for (let s = 0; s < STATEMENTS; s++) {
     await home.query(
       `insert into seg (segment_id, id) select $1, lpad($2::text, 3, '0') || '-' || lpad(g::text, 4, '0') from generate_series(1, $3) g`,
       [segmentId, s, PER],
     )
   }
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 100,
-    env: { ...process.env, TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await start()
   // Watch the target while it fills: complete statements form a prefix, at most one is partial.
   let polls = 0
   let partialSeen = 0
@@ -164,42 +197,21 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
 })
 
 test('batches that lock the same rows in the target fall back to one lane, and the result stays exact', async (t) => {
-  const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const target = await freshMysql()
-  defer(() => target.close())
-  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
-  await target.query('create table members (member varchar(20) not null)')
-  await target.query('create table hot (id int primary key, n int not null)')
-  await target.query('insert into hot values (1, 0)')
-  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
-  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '{"lanes": 2}')`)
   // Each batch inserts its rows, then takes the one hot row. A short second batch gets there
   // first and holds it until the first commits, which waits for it: an unseen deadlock.
-  await home.query(
-    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 2000,
-      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end};
-                  update hot set n = n + 1 where id = 1',
-      remove_sql => 'delete from members where member in ({batch_in "id"})')`,
-  )
-  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
+  const { home, target, segmentId, start } = await scenario(t, {
+    lanes: 2,
+    batchSize: 2000,
+    targetDdl: [
+      'create table members (member varchar(20) not null)',
+      'create table hot (id int primary key, n int not null)',
+      'insert into hot values (1, 0)',
+    ],
+    addSql: `${ADD};\n update hot set n = n + 1 where id = 1`,
+  })
   await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 2010) g`, [segmentId])
   const warnings: string[] = []
-  const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line).msg) })
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log,
-    pollIntervalMs: 100,
-    env: { ...process.env, TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await start(pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line).msg) }))
   await until('all members arrive', async () => Number((await target.query('select count(*) as n from members'))[0].n) >= 2010, 60_000)
   await sleep(300)
   const [{ n: rows }] = await target.query('select count(*) as n from members')
@@ -215,37 +227,15 @@ test('batches that lock the same rows in the target fall back to one lane, and t
 })
 
 test('a resync while windows are being read ahead: the target ends exact', async (t) => {
-  const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const target = await freshMysql()
-  defer(() => target.close())
-  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
-    create index on seg (segment_id, id)`)
-  await target.query('create table members (member varchar(20) not null)')
-  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
-  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL')`)
-  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
-  await home.query(
-    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 500,
-      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}',
-      remove_sql => 'delete from members where member in ({batch_in "id"})', clear_sql => 'delete from members')`,
-  )
+  const { home, target, segmentId, start } = await scenario(t, {
+    lanes: 1,
+    batchSize: 500,
+    targetDdl: ['create table members (member varchar(20) not null)'],
+    clearSql: 'delete from members',
+  })
   // 50,000 members: five full windows of 10,000, each read while the one before is applied.
   await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 50000) g`, [segmentId])
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 100,
-    env: { ...process.env, TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await start()
   const delivered = async () => Number((await target.query('select count(*) as n from members'))[0].n)
   await until('delivery under way', async () => (await delivered()) >= 12_000, 60_000)
   // Mid-delivery: leavers the old stream has not reached yet, then a resync, then newcomers.
@@ -263,39 +253,17 @@ test('a resync while windows are being read ahead: the target ends exact', async
 })
 
 test('with 2 lanes, rows the target rejects are isolated and dead-lettered; every other member arrives once', async (t) => {
-  const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const target = await freshMysql()
-  defer(() => target.close())
-  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
-  await target.query(`create table members (member varchar(20) not null, constraint no_bad check (member not like 'bad%'))`)
-  await home.query(`select segmenter.create_segment('seg', 'seg'::regclass)`)
-  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'TARGET_URL', '{"lanes": 2}')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'], syntax => 'altcraft', batch_size => 10,
-      add_sql => 'insert into members (member) values {for $i, $m = $batch}({$m.id}){autocomma}{end}',
-      remove_sql => 'delete from members where member in ({batch_in "id"})')`,
-  )
-  const [{ id: segmentId }] = await home.query(`select segment_id as id from segmenter.segments where name = 'seg'`)
+  const { home, target, segmentId, start } = await scenario(t, {
+    lanes: 2,
+    batchSize: 10,
+    targetDdl: [`create table members (member varchar(20) not null, constraint no_bad check (member not like 'bad%'))`],
+  })
   // Two bad members, in the 6th and the 14th of 20 batches, both inside one lane run.
   await home.query(
     `insert into seg (segment_id, id) select $1, case when g in (57, 133) then 'bad-' || g else 'm' || g end from generate_series(1, 200) g`,
     [segmentId],
   )
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 100,
-    env: { ...process.env, TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await start()
   await until('both dead letters', async () => Number((await home.query(`select count(*) as n from segmenter.dead_letters`))[0].n) === 2)
   await until('198 members', async () => Number((await target.query('select count(*) as n from members'))[0].n) === 198)
   await sleep(500)
