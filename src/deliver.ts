@@ -357,8 +357,9 @@ async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => bool
         break
       }
       committed++
-      ctx.onBatch?.(sub, head.batch, true, performance.now() - head.started)
-      done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms: performance.now() - head.started })
+      const ms = performance.now() - head.started
+      ctx.onBatch?.(sub, head.batch, true, ms)
+      done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms })
       if (done.length >= RECORD_EVERY) await recordDelivered(round, done.splice(0))
     }
   } finally {

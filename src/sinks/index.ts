@@ -5,7 +5,7 @@ import { openPostgresSink } from './postgres.js'
 import type { Sink } from './sink.js'
 
 export type { Checkpoint, OpenTransaction, Sink } from './sink.js'
-export { compareCheckpoints, isLockConflict, isTransient } from './sink.js'
+export { compareCheckpoints, DEFAULT_LANES, isLockConflict, isTransient } from './sink.js'
 
 export interface ConsumerRow {
   consumer_id: string
@@ -15,12 +15,6 @@ export interface ConsumerRow {
   dsn_env: string
   options: Record<string, unknown>
 }
-
-/**
- * Transactions open at once per subscription unless the consumer's options say otherwise. One:
- * each batch's statements run only after the previous batch committed, whatever they read.
- */
-export const DEFAULT_LANES = 1
 
 /** Open the sink a consumer row describes; its URL comes from the environment variable it names. */
 export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = process.env): Promise<Sink> {
@@ -32,7 +26,7 @@ export async function openSink(consumer: ConsumerRow, env: NodeJS.ProcessEnv = p
   }
   const options = {
     checkpointTable: consumer.options.checkpoint_table as string | undefined,
-    lanes: (consumer.options.lanes as number | undefined) ?? DEFAULT_LANES,
+    lanes: consumer.options.lanes as number | undefined, // the sink's default when absent
   }
   try {
     if (consumer.kind === 'mysql') return await openMysqlSink(url, consumer.dialect, options)

@@ -3,7 +3,7 @@
 import mysql from 'mysql2/promise'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
-import { sqlSink, type Sink } from './sink.js'
+import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
 const CHECKPOINT_TABLE = 'segmenter_checkpoint'
 
@@ -39,7 +39,7 @@ export async function openMysqlSink(
     {
       dialect,
       maxStatementBytes: Math.floor(Number(packet) * 0.9) - 1024,
-      lanes: options.lanes ?? 1,
+      lanes: options.lanes ?? DEFAULT_LANES,
       connect,
       async run(conn, sql) {
         await conn.query(sql)

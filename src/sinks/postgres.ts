@@ -3,7 +3,7 @@
 import pg from 'pg'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
-import { sqlSink, type Sink } from './sink.js'
+import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
 export async function openPostgresSink(
   url: string,
@@ -35,7 +35,7 @@ export async function openPostgresSink(
     {
       dialect,
       maxStatementBytes: 512 * 1024 * 1024, // Postgres caps a query message at 1 GB
-      lanes: options.lanes ?? 1,
+      lanes: options.lanes ?? DEFAULT_LANES,
       connect,
       async run(client, sql) {
         await client.query(sql)

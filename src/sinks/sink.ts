@@ -3,8 +3,8 @@
 // back before every delivery round, so a sidecar killed at any point resumes where the target is.
 //
 // Lanes: a sink may hold several connections and keep a transaction open on each, so that the
-// target executes consecutive batches in parallel (MariaDB inserted 1.4x faster on two
-// connections when it had the cores for them). The caller commits them strictly in batch order,
+// target executes consecutive batches in parallel, where it has the cores for them. The caller
+// commits them strictly in batch order,
 // each with its checkpoint, so what the target shows, and where a restart resumes, is always a
 // prefix of the batches.
 import type { Dialect } from '../render/index.js'
@@ -13,6 +13,12 @@ export interface Checkpoint {
   pos: bigint
   ord: number
 }
+
+/**
+ * Transactions open at once per subscription unless the consumer's options say otherwise. One:
+ * each batch's statements run only after the previous batch committed, whatever they read.
+ */
+export const DEFAULT_LANES = 1
 
 export const compareCheckpoints = (a: Checkpoint, b: Checkpoint): number => (a.pos === b.pos ? a.ord - b.ord : a.pos < b.pos ? -1 : 1)
 
