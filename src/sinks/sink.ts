@@ -4,9 +4,8 @@
 //
 // Lanes: a sink may hold several connections and keep a transaction open on each, so that the
 // target executes consecutive batches in parallel, where it has the cores for them. The caller
-// commits them strictly in batch order,
-// each with its checkpoint, so what the target shows, and where a restart resumes, is always a
-// prefix of the batches.
+// commits them strictly in batch order, each with its checkpoint, so what the target shows, and
+// where a restart resumes, is always a prefix of the batches.
 import type { Dialect } from '../render/index.js'
 
 export interface Checkpoint {
