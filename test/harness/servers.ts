@@ -181,6 +181,7 @@ export async function startPostgres(): Promise<PgServer> {
     '-c full_page_writes=off',
     '-c max_connections=200',
     '-c shared_buffers=256MB',
+    ...(process.env.SCRATCH_PG_OPTS ? [process.env.SCRATCH_PG_OPTS] : []),
   ].join(' ')
   const command = asUser('postgres', pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', opts, 'start'])
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`
