@@ -3,22 +3,24 @@
 //  1. throughput: N adds, batch_size B, vs a raw mysql2 multi-row INSERT of the same rows (same
 //     batch size, one transaction per batch); timed from the start of the home INSERT (ratio) and
 //     from its commit (drain_ratio) until the home cursor, which follows the target's checkpoint,
-//     covers everything;
+//     covers everything. Raw and pipeline alternate for R rounds; the ratios are the medians of
+//     the rounds' ratios (this shared machine's speed drifts by tens of percent within minutes);
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
-// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200]
+// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3]
 import { spawn } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { pino } from 'pino'
 import { createPool } from '../src/db.js'
 import { startSidecar } from '../src/sidecar.js'
-import { benchDatabase, benchMysql, cpuByKind, cpuSince, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
+import { benchDatabase, benchMysql, cpuByKind, cpuSince, median, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
 const latencyCommits = Number(process.argv[4] ?? 200)
+const rounds = Number(process.argv[5] ?? 3)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const progress = (msg: string) => process.stderr.write(`[delivery] ${msg}\n`)
@@ -61,43 +63,68 @@ async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<v
     await sleep(100)
   }
 }
-// Two lanes: the templates below only write their own members' rows (see "Lanes" in the README).
-await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', '{"lanes": 2}')`)
+// One lane, the default: on this 2-core machine a second lane only adds lock contention inside
+// MariaDB (its CPU per row rises by a quarter), since Postgres and the sidecar need the other core.
+await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
 
 // 1. Throughput --------------------------------------------------------------------------------
-progress(`raw baseline: ${members} rows in batches of ${batch}`)
-await targetTable('raw_members')
-const rawCpu = cpuByKind()
-const rawStart = performance.now()
-for (let first = 1; first <= members; first += batch) {
-  const values: string[] = []
-  for (let g = first; g < first + batch && g <= members; g++)
-    values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
-  await target.conn.query(`start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`)
-}
-const rawMs = performance.now() - rawStart
-const rawCpuMs = cpuSince(rawCpu)
-// The pipeline's table starts where this one did, in a buffer pool that is not holding 1M other rows.
-await target.conn.query('drop table raw_members')
-
-progress('pipeline')
-const segThroughput = await segment('bench_members')
-await targetTable('members')
-const subThroughput = await subscribe('throughput', 'bench_members', 'members', batch)
 const pool = createPool(home.url)
 const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 200, env: process.env })
-await drained(subThroughput)
-const pipeStart = performance.now()
-await q(
-  `insert into bench_members (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
-  [segThroughput, members],
-)
-const commitMs = performance.now() - pipeStart
-const drainCpu = cpuByKind()
-await drained(subThroughput)
-const pipeMs = performance.now() - pipeStart
-const drainCpuMs = cpuSince(drainCpu)
-if ((await count('members')) !== members) throw new Error('pipeline lost or duplicated rows')
+
+/** The baseline: the same rows, batch by batch, each batch one transaction. */
+async function rawRound() {
+  await targetTable('raw_members')
+  const cpu = cpuByKind()
+  const start = performance.now()
+  for (let first = 1; first <= members; first += batch) {
+    const values: string[] = []
+    for (let g = first; g < first + batch && g <= members; g++)
+      values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
+    await target.conn.query(
+      `start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`,
+    )
+  }
+  const ms = performance.now() - start
+  const cpuMs = cpuSince(cpu)
+  // The pipeline's table starts where this one did, in a buffer pool that is not holding 1M other rows.
+  await target.conn.query('drop table raw_members')
+  return { ms, cpuMs }
+}
+
+/** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
+async function pipelineRound(r: number) {
+  const name = r === rounds ? 'bench_members' : `bench_members_${r}` // the last one stays for the resync below
+  const seg = await segment(name)
+  await targetTable('members')
+  const sub = await subscribe(`throughput_${r}`, name, 'members', batch)
+  await drained(sub)
+  const start = performance.now()
+  await q(
+    `insert into ${name} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
+    [seg, members],
+  )
+  const commitMs = performance.now() - start
+  const cpu = cpuByKind()
+  await drained(sub)
+  const ms = performance.now() - start
+  const cpuMs = cpuSince(cpu)
+  if ((await count('members')) !== members) throw new Error('pipeline lost or duplicated rows')
+  await q(`select segmenter.drop_subscription($1)`, [`throughput_${r}`])
+  await target.conn.query('drop table members')
+  return { ms, commitMs, drainMs: ms - commitMs, cpuMs }
+}
+
+const rawRounds: Array<Awaited<ReturnType<typeof rawRound>>> = []
+const pipeRounds: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
+for (let r = 1; r <= rounds; r++) {
+  progress(`round ${r}/${rounds}: raw baseline, ${members} rows in batches of ${batch}`)
+  rawRounds.push(await rawRound())
+  progress(`round ${r}/${rounds}: pipeline`)
+  pipeRounds.push(await pipelineRound(r))
+}
+const perSecond = (ms: number) => Math.round(members / (ms / 1000))
+const ratios = rawRounds.map((raw, i) => raw.ms / pipeRounds[i]!.ms)
+const drainRatios = rawRounds.map((raw, i) => raw.ms / pipeRounds[i]!.drainMs)
 
 // 2. Latency -----------------------------------------------------------------------------------
 progress(`latency: ${latencyCommits} single-row commits`)
@@ -125,8 +152,8 @@ await pool.end()
 
 // 3. Memory during a resync, in a separate process ---------------------------------------------
 progress(`resync of ${members} members in a child sidecar`)
-await q(`select segmenter.drop_subscription('latency'), segmenter.drop_subscription('throughput')`)
-await target.conn.query(`truncate members`)
+await q(`select segmenter.drop_subscription('latency')`)
+await targetTable('members')
 // Started the way users start it, so its launcher's heap flags apply.
 const child = spawn('bin/segmenter.js', ['run'], {
   cwd: ROOT,
@@ -152,18 +179,21 @@ console.log(
       members,
       batch_size: batch,
       throughput: {
-        raw_rows_per_s: Math.round(members / (rawMs / 1000)),
-        pipeline_rows_per_s: Math.round(members / (pipeMs / 1000)),
-        ratio: round(members / pipeMs / (members / rawMs), 2),
+        rounds,
+        raw_rows_per_s: rawRounds.map((r) => perSecond(r.ms)),
+        pipeline_rows_per_s: pipeRounds.map((r) => perSecond(r.ms)),
+        ratios: ratios.map((x) => round(x, 2)),
+        ratio: round(median(ratios), 2),
         target_ratio: 0.8,
-        home_insert_commit_ms: Math.round(commitMs),
+        home_insert_commit_ms: pipeRounds.map((r) => Math.round(r.commitMs)),
         // The sidecar alone: from the home commit (the rows and their change log in Postgres) to
         // the last row in MariaDB, i.e. how fast a backlog drains.
-        drain_rows_per_s: Math.round(members / ((pipeMs - commitMs) / 1000)),
-        drain_ratio: round(members / (pipeMs - commitMs) / (members / rawMs), 2),
-        // Where the machine's cores went: ms of CPU per kind of process.
-        raw_cpu_ms: rawCpuMs,
-        drain_cpu_ms: drainCpuMs,
+        drain_rows_per_s: pipeRounds.map((r) => perSecond(r.drainMs)),
+        drain_ratios: drainRatios.map((x) => round(x, 2)),
+        drain_ratio: round(median(drainRatios), 2),
+        // Where the machine's cores went: ms of CPU per kind of process, per round.
+        raw_cpu_ms: rawRounds.map((r) => r.cpuMs),
+        drain_cpu_ms: pipeRounds.map((r) => r.cpuMs),
         cores: availableParallelism(),
       },
       latency_ms: {

@@ -13,7 +13,7 @@ import {
   renderSlot,
   SqlFragment,
   templateError,
-  WORD_END,
+  endsWord,
   type Dialect,
   type Piece,
   type RenderContext,
@@ -211,15 +211,18 @@ export function compileAltcraft(source: string, dialect: Dialect): { fields: str
     out.last = piece
   }
   const emit = (nodes: Node[], ctx: RenderContext, out: Out, lead?: Record<string, unknown>, index = 0, last = true) => {
-    for (const n of nodes) {
+    for (let k = 0; k < nodes.length; k++) {
+      const n = nodes[k]!
       if (n.k === 'text') write(out, texts[n.piece]!)
       else if (n.k === 'comma') write(out, last ? '' : ',')
-      else if (n.k === 'loop') ctx.batch.forEach((m, i) => emit(n.body, ctx, out, m, i, i === ctx.batch.length - 1))
-      else {
+      else if (n.k === 'loop') {
+        const batch = ctx.batch
+        for (let i = 0; i < batch.length; i++) emit(n.body, ctx, out, batch[i], i, i === batch.length - 1)
+      } else {
         let c: SlotContext = contexts[n.slot]!
         // Decided on the actual output: a literal glued to a word (E'…', N'…', _charset'…')
         // would change how the server reads it.
-        if (c.kind === 'bare') c = WORD_END.test(out.last.slice(-2)) ? SPACED : GLUED
+        if (c.kind === 'bare') c = endsWord(out.last) ? SPACED : GLUED
         write(out, renderSlot(n.value(ctx, lead, index), c, dialect, n.what))
       }
     }

@@ -276,6 +276,13 @@ type State =
   | { m: 'qquote'; close: string; at: number }
 
 export const WORD_END = /[\p{L}\p{N}_$&]$/u
+
+/** WORD_END.test(text), without a regex for the usual ASCII last character (it runs per value). */
+export function endsWord(text: string): boolean {
+  const c = text.charCodeAt(text.length - 1)
+  if (c < 128) return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 95 || c === 36 || c === 38
+  return WORD_END.test(text.slice(-2)) // NaN (empty text) lands here too, and is no word
+}
 const WORD_CHAR = /[A-Za-z0-9_]/
 const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
 const WHOLE_PREFIX = /^(|N|E|U&|R)$/i
