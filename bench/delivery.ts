@@ -1,5 +1,6 @@
 // Delivery into MariaDB through the whole pipeline (home INSERT → capture → sidecar → rendered
-// multi-row INSERT → target transaction with checkpoint), against baselines in the same run:
+// multi-row INSERT → target transaction with checkpoint), with the sidecar started as users start
+// it (`bin/segmenter.js run`, a child process), against baselines in the same run:
 //  1. throughput: N adds, batch_size B, vs a raw mysql2 multi-row INSERT of the same rows (same
 //     batch size, one transaction per batch); timed from the start of the home INSERT (ratio) and
 //     from its commit (drain_ratio) until the home cursor, which follows the target's checkpoint,
@@ -9,12 +10,9 @@
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
 // Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3]
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { pino } from 'pino'
-import { createPool } from '../src/db.js'
-import { startSidecar } from '../src/sidecar.js'
 import { benchDatabase, benchMysql, cpuByKind, cpuSince, median, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
@@ -68,8 +66,18 @@ async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<v
 await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
 
 // 1. Throughput --------------------------------------------------------------------------------
-const pool = createPool(home.url)
-const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: pino({ level: 'silent' }), pollIntervalMs: 200, env: process.env })
+// The sidecar runs the way users start it, so its launcher's heap flags apply.
+const startRun = () =>
+  spawn('bin/segmenter.js', ['run'], {
+    cwd: ROOT,
+    env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
+const stopRun = async (child: ChildProcess) => {
+  child.kill('SIGTERM')
+  await new Promise((r) => child.once('exit', r))
+}
+const sidecar = startRun()
 
 /** The baseline: the same rows, batch by batch, each batch one transaction. */
 async function rawRound() {
@@ -147,19 +155,13 @@ for (let i = 0; i < latencyCommits; i++) {
     await sleep(1)
   }
 }
-await sidecar.stop()
-await pool.end()
+await stopRun(sidecar)
 
 // 3. Memory during a resync, in a separate process ---------------------------------------------
 progress(`resync of ${members} members in a child sidecar`)
 await q(`select segmenter.drop_subscription('latency')`)
 await targetTable('members')
-// Started the way users start it, so its launcher's heap flags apply.
-const child = spawn('bin/segmenter.js', ['run'], {
-  cwd: ROOT,
-  env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
-  stdio: ['ignore', 'ignore', 'inherit'],
-})
+const child = startRun()
 await sleep(3000)
 const idleMb = procStatusMb(child.pid!, 'VmRSS')
 // A new subscription starts exactly like a resync: every current member from one snapshot.
@@ -168,8 +170,7 @@ const resyncStart = performance.now()
 await drained(subResync)
 const resyncMs = performance.now() - resyncStart
 const peakMb = procStatusMb(child.pid!, 'VmHWM')
-child.kill('SIGTERM')
-await new Promise((r) => child.once('exit', r))
+await stopRun(child)
 if ((await count('members')) !== members) throw new Error('resync lost or duplicated rows')
 
 console.log(
