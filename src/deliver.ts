@@ -3,7 +3,7 @@
 // its checkpoint, then record it at home. Rejected rows are isolated by splitting and dead-lettered.
 import type pg from 'pg'
 import type { Logger } from 'pino'
-import { compact, MEMBER_EVENTS, planFlush, toBatches, type Batch, type PendingEvent } from './batch.js'
+import { compact, MEMBER_EVENTS, planFlush, toBatches, type Batch, type FlushPlan, type PendingEvent } from './batch.js'
 import { compileTemplate, type CompiledTemplate, type Dialect } from './render/index.js'
 import {
   columnsFor,
@@ -71,8 +71,7 @@ export async function deliverSubscription(
     if (!locked) return { kind: 'busy' }
     for (;;) {
       if (shouldStop()) return { kind: 'idle' }
-      await ctx.pool.query('select segmenter.sequence_changes()')
-      const sub = await loadSubscription(ctx.pool, subscriptionId)
+      const [, sub] = await Promise.all([ctx.pool.query('select segmenter.sequence_changes()'), loadSubscription(ctx.pool, subscriptionId)])
       if (!sub || sub.state !== 'active') return { kind: 'idle' }
       let sink: Sink
       try {
@@ -101,15 +100,14 @@ export async function deliverSubscription(
         prefetched !== null &&
         compareCheckpoints(prefetched.from, from) === 0 &&
         prefetched.size === window &&
-        prefetched.scope === sub.segment_ids.join()
+        prefetched.scope === scopeOf(sub)
       const pending = hit ? prefetched.pending : await readPending(lockClient, sub, from, window)
       if (pending.length === 0) {
         await reconcileHomeCursor(ctx.pool, sub, from)
         return { kind: 'idle' }
       }
-      const plan = planFlush(pending, sub.batch_size, sub.batch_timeout_ms, pending.length === window)
+      const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, window)
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
-      const batches = toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null)
       const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
@@ -159,10 +157,21 @@ export async function deliverSubscription(
 interface Window {
   from: Checkpoint
   size: number
-  scope: string // the subscription's segments it was read for
+  scope: string // what of the subscription it was read and planned for (scopeOf)
   pending: PendingEvent[]
+  /** A full window's batches, cut while the previous window was applied; null for a partial one. */
+  planned: ReturnType<typeof planWindow> | null
   segments: Map<string, SegmentInfo>
   members: MemberRows
+}
+
+/** What a read-ahead's events and batches depend on besides its start. */
+const scopeOf = (sub: SubscriptionRow) => `${sub.segment_ids.join()}/${sub.batch_size}/${sub.update_sql === null}`
+
+/** What of a window goes now, cut into batches. */
+function planWindow(sub: SubscriptionRow, pending: PendingEvent[], window: number): { plan: FlushPlan; batches: Batch[] } {
+  const plan = planFlush(pending, sub.batch_size, sub.batch_timeout_ms, pending.length === window)
+  return { plan, batches: toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null) }
 }
 
 /**
@@ -188,7 +197,9 @@ async function readWindow(
     }
     const segments = await loadSegments(pool, [...new Set(pending.map((e) => e.segmentId))])
     const members = await loadMemberRows(pool, segments, pending, columnsOf)
-    return { from, size, scope: sub.segment_ids.join(), pending, segments, members }
+    // A partial window's plan depends on its events' age when it is used; a full one's does not.
+    const planned = pending.length === size ? planWindow(sub, pending, size) : null
+    return { from, size, scope: scopeOf(sub), pending, planned, segments, members }
   }
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), READ_AHEAD_TIMEOUT_MS)))
