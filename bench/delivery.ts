@@ -9,7 +9,7 @@
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
-// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3]
+// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3] [lanes=1]
 import { spawn, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -19,6 +19,7 @@ const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
 const latencyCommits = Number(process.argv[4] ?? 200)
 const rounds = Number(process.argv[5] ?? 3)
+const lanes = Number(process.argv[6] ?? 1)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const progress = (msg: string) => process.stderr.write(`[delivery] ${msg}\n`)
@@ -61,9 +62,9 @@ async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<v
     await sleep(100)
   }
 }
-// One lane, the default: on this 2-core machine a second lane only adds lock contention inside
-// MariaDB (its CPU per row rises by a quarter), since Postgres and the sidecar need the other core.
-await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
+// One lane by default: on this 2-core machine a second one only adds lock contention inside
+// MariaDB, whose CPU Postgres and the sidecar need (run with lanes=2 to see it).
+await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes })])
 
 // 1. Throughput --------------------------------------------------------------------------------
 // The sidecar runs the way users start it, so its launcher's heap flags apply.
@@ -179,6 +180,7 @@ console.log(
       benchmark: 'delivery',
       members,
       batch_size: batch,
+      lanes,
       throughput: {
         rounds,
         raw_rows_per_s: rawRounds.map((r) => perSecond(r.ms)),

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-old-space-size=256 --max-semi-space-size=8
+#!/usr/bin/env -S node --max-old-space-size=256 --max-semi-space-size=16
 // Runs the TypeScript CLI through tsx's loader, so the package ships its sources as they are.
 // The heap flags: left alone, V8 let the heap of a 1M-member resync grow to 330 MB for a live set
 // well under 100 MB; capped, it peaks at about 160 MB at the same speed (bench/delivery.ts). For

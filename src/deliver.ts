@@ -128,7 +128,7 @@ export async function deliverSubscription(
             if (result.error !== undefined) throw result.error
             if (result.committed === run || shouldStop()) continue
           }
-          // One at a time: a lone batch, or the one where the lanes stopped (a rejection is split here).
+          // One at a time: a lone batch, or the one where a run stopped (a rejection is split here).
           await deliverBatch(round, batches[i]!)
           i++
         } catch (error) {
@@ -396,8 +396,8 @@ async function deliverRun(round: Round, run: Batch[], shouldStop: () => boolean)
       ctx.onBatch?.(sub, head.batch, true, ms)
       done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms })
       if (done.length >= RECORD_EVERY) {
-        const batch = done.splice(0)
-        recording = recording.then(() => recordDelivered(round, batch))
+        const delivered = done.splice(0)
+        recording = recording.then(() => recordDelivered(round, delivered))
         recording.catch(() => {}) // rethrown where it is awaited, below
       }
     }

@@ -181,7 +181,8 @@ export async function startPostgres(): Promise<PgServer> {
     '-c full_page_writes=off',
     '-c max_connections=200',
     '-c shared_buffers=256MB',
-    ...(process.env.SCRATCH_PG_OPTS ? [process.env.SCRATCH_PG_OPTS] : []),
+    // For profiling, e.g. '-c shared_preload_libraries=pg_stat_statements'.
+    ...(process.env.SEGMENTER_TEST_PG_OPTIONS ? [process.env.SEGMENTER_TEST_PG_OPTIONS] : []),
   ].join(' ')
   const command = asUser('postgres', pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', opts, 'start'])
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`
