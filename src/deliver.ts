@@ -96,11 +96,8 @@ export async function deliverSubscription(
       // The next window, read while the previous one was being applied, if it starts here.
       const prefetched = ahead ? await ahead : null
       ahead = null
-      const hit =
-        prefetched !== null &&
-        compareCheckpoints(prefetched.from, from) === 0 &&
-        prefetched.size === window &&
-        prefetched.scope === scopeOf(sub)
+      // The scope holds batch_size, and with it the window size.
+      const hit = prefetched !== null && compareCheckpoints(prefetched.from, from) === 0 && prefetched.scope === scopeOf(sub)
       const pending = hit ? prefetched.pending : await readPending(lockClient, sub, from, window)
       if (pending.length === 0) {
         await reconcileHomeCursor(ctx.pool, sub, from)
@@ -165,7 +162,7 @@ interface Window {
   members: MemberRows
 }
 
-/** What a read-ahead's events and batches depend on besides its start. */
+/** What a read-ahead's events, window size and batches depend on besides its start. */
 const scopeOf = (sub: SubscriptionRow) => `${sub.segment_ids.join()}/${sub.batch_size}/${sub.update_sql === null}`
 
 /** What of a window goes now, cut into batches. */

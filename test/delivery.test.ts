@@ -1,12 +1,11 @@
 // Delivery end to end: the real home Postgres, the sidecar in-process, real MariaDB and Postgres
 // targets. Timing assertions use generous bounds; speed is measured in bench/, not here.
 import assert from 'node:assert/strict'
-import { after, before, test } from 'node:test'
-import { pino } from 'pino'
-import { createPool } from '../src/db.js'
-import { startSidecar, type Sidecar } from '../src/sidecar.js'
+import { test } from 'node:test'
+import type { Sidecar } from '../src/sidecar.js'
 import { freshMysql, freshPg, type FreshMysql, type FreshPg } from './harness/db.js'
 import { sleep, until } from './harness/wait.js'
+import { startTestSidecar } from './harness/sidecar.js'
 
 const SEGMENT_DDL = `
   create table public.test_segment (
@@ -40,8 +39,6 @@ WHERE segment_id = {segment_id}
 LIMIT 1`,
 }
 
-const silent = pino({ level: 'silent' })
-
 interface Env {
   home: FreshPg
   target: FreshMysql
@@ -55,13 +52,7 @@ async function setup(pollIntervalMs = 200): Promise<Env> {
   await target.query('create table mysegment (segId varchar(36), clientId varchar(255), updated datetime, unique key (segId, clientId))')
   await target.query('create table segments (name varchar(255), segment_id varchar(36), updated datetime, unique key (segment_id))')
   const env = { ...process.env, TARGET_URL: target.url }
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs, env })
-  const stop = sidecar.stop
-  sidecar.stop = async () => {
-    await stop()
-    await pool.end()
-  }
+  const sidecar = await startTestSidecar({ databaseUrl: home.url, pollIntervalMs, env })
   return { home, target, sidecar, env }
 }
 async function teardown(e: Env) {

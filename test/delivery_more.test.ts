@@ -8,15 +8,13 @@ import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
-import { pino } from 'pino'
-import { createPool } from '../src/db.js'
 import { migrate } from '../src/migrate.js'
-import { startSidecar, type Sidecar } from '../src/sidecar.js'
+import type { Sidecar } from '../src/sidecar.js'
 import { freshMariadbServer, freshMysql, freshPg, freshPgServer, type FreshMysql, type FreshPg } from './harness/db.js'
 import { deferrer, homeCaughtUp, sleep, until } from './harness/wait.js'
+import { startTestSidecar } from './harness/sidecar.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
-const silent = pino({ level: 'silent' })
 
 const SEGMENT_DDL = `
   create table public.test_segment (
@@ -52,19 +50,7 @@ async function setup(defer: ReturnType<typeof deferrer>): Promise<Home> {
     home,
     target,
     env,
-    async start(opts = {}) {
-      const pool = createPool(home.url)
-      const sidecar = await startSidecar({ databaseUrl: home.url, pool, log: silent, pollIntervalMs: opts.pollIntervalMs ?? 200, env })
-      let stopped: Promise<void> | undefined
-      const stop = sidecar.stop
-      sidecar.stop = () =>
-        (stopped ??= (async () => {
-          await stop()
-          await pool.end()
-        })())
-      defer(() => sidecar.stop())
-      return sidecar
-    },
+    start: (opts = {}) => startTestSidecar({ databaseUrl: home.url, pollIntervalMs: opts.pollIntervalMs ?? 200, env }, defer),
   }
 }
 
@@ -400,20 +386,10 @@ test("statements are sized to the target's max_allowed_packet: split batches, ev
   await home.query(`select segmenter.create_subscription(name => 'wide', consumer => 'maria', segments => array['wide'], syntax => 'altcraft', batch_size => 1000,
     add_sql => 'insert into members (member, payload) values {for $i, $lead = $batch}({$lead.id}, {$lead.hash_email}){autocomma}{end}',
     remove_sql => 'delete from members where member in ({batch_in "id"})')`)
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 200,
-    retryBaseMs: 200,
-    retryMaxMs: 1000,
-    env: { ...process.env, TARGET_URL: url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await startTestSidecar(
+    { databaseUrl: home.url, pollIntervalMs: 200, retryBaseMs: 200, retryMaxMs: 1000, env: { ...process.env, TARGET_URL: url } },
+    defer,
+  )
   // ~100 bytes per row: a 1,000-member statement is ~100 KB, six times the limit.
   await home.query(
     `insert into test_segment (segment_id, id, hash_email) select $1, 'member-' || lpad(g::text, 6, '0'), repeat(md5(g::text), 2) || 'x'
@@ -463,18 +439,7 @@ ON CONFLICT (segment_id) DO UPDATE SET name = excluded.name, updated = NOW();`,
       `DELETE FROM segments WHERE segment_id = {segment_id}`,
     ],
   )
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 200,
-    env: { ...process.env, PG_TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await startTestSidecar({ databaseUrl: home.url, pollIntervalMs: 200, env: { ...process.env, PG_TARGET_URL: target.url } }, defer)
   const n = async () => Number((await target.query('select count(*) as n from mysegment'))[0].n)
 
   await until('segment row', async () => (await target.query('select segment_id, name from segments'))[0])
@@ -553,17 +518,11 @@ test('subscriptions sharing a consumer: stop() leaves no target connection open'
     )
   }
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100) g`, [id])
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 200,
-    env: { ...process.env, SHARED_URL: shared.url },
-  })
-  let stopped: Promise<void> | undefined
-  const stop = () => (stopped ??= sidecar.stop().then(() => pool.end()))
-  defer(stop)
+  const sidecar = await startTestSidecar(
+    { databaseUrl: home.url, pollIntervalMs: 200, env: { ...process.env, SHARED_URL: shared.url } },
+    defer,
+  )
+  const stop = () => sidecar.stop()
   for (let i = 1; i <= 4; i++) {
     await until(
       `sub${i} delivered`,
@@ -604,18 +563,7 @@ test('survives a restart of the home Postgres', async (t) => {
     add_sql => $1, remove_sql => $2, batch_size => 100)`,
     [T.add, T.remove],
   )
-  const pool = createPool(server.url)
-  const sidecar = await startSidecar({
-    databaseUrl: server.url,
-    pool,
-    log: silent,
-    pollIntervalMs: 200,
-    env: { ...process.env, TARGET_URL: target.url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await startTestSidecar({ databaseUrl: server.url, pollIntervalMs: 200, env: { ...process.env, TARGET_URL: target.url } }, defer)
 
   await q(`insert into test_segment (segment_id, id) select $1, 'a' || g from generate_series(1, 500) g`, [id])
   await until('first rows', async () => (await count(target)) === 500, 30_000)

@@ -8,13 +8,12 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import mysql from 'mysql2/promise'
 import { pino } from 'pino'
-import { createPool } from '../src/db.js'
-import { startSidecar } from '../src/sidecar.js'
 import { openMysqlSink } from '../src/sinks/mysql.js'
 import { openPostgresSink } from '../src/sinks/postgres.js'
 import type { Sink } from '../src/sinks/sink.js'
 import { freshMysql, freshPg, freshPgPlain } from './harness/db.js'
 import { deferrer, sleep, until } from './harness/wait.js'
+import { startTestSidecar } from './harness/sidecar.js'
 
 const silent = pino({ level: 'silent' })
 
@@ -124,18 +123,7 @@ async function scenario(t: { after(fn: () => Promise<void>): void }, o: Scenario
     segmentId: segmentId as string,
     defer,
     async start(log = silent) {
-      const pool = createPool(home.url)
-      const sidecar = await startSidecar({
-        databaseUrl: home.url,
-        pool,
-        log,
-        pollIntervalMs: 100,
-        env: { ...process.env, TARGET_URL: target.url },
-      })
-      defer(async () => {
-        await sidecar.stop()
-        await pool.end()
-      })
+      await startTestSidecar({ databaseUrl: home.url, log, pollIntervalMs: 100, env: { ...process.env, TARGET_URL: target.url } }, defer)
     },
   }
 }

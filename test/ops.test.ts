@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { chromium } from 'playwright-core'
 import { freshMysql, freshPg } from './harness/db.js'
-import { sleep, until } from './harness/wait.js'
+import { until } from './harness/wait.js'
 
 test('segmenter run serves health, readiness, metrics and a status page with the sync chart', async (t) => {
   const home = await freshPg()

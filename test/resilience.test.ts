@@ -10,6 +10,7 @@ import { startSidecar } from '../src/sidecar.js'
 import { isTransient } from '../src/sinks/index.js'
 import { freshMariadbServer, freshMysql, freshPg } from './harness/db.js'
 import { deferrer, sleep, until } from './harness/wait.js'
+import { startTestSidecar } from './harness/sidecar.js'
 
 const DDL = `create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
   actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
@@ -131,20 +132,10 @@ test('target down for 30 s mid-delivery: retries, errors counted, then catches u
     `select segmenter.create_subscription(name => 'down', consumer => 'maria', segments => array['down'], add_sql => $1, remove_sql => $2, batch_size => 100, syntax => 'altcraft')`,
     [ADD, REMOVE],
   )
-  const pool = createPool(home.url)
-  const sidecar = await startSidecar({
-    databaseUrl: home.url,
-    pool,
-    log: pino({ level: 'silent' }),
-    pollIntervalMs: 100,
-    retryBaseMs: 200,
-    retryMaxMs: 2000,
-    env: { ...process.env, TARGET_URL: url },
-  })
-  defer(async () => {
-    await sidecar.stop()
-    await pool.end()
-  })
+  await startTestSidecar(
+    { databaseUrl: home.url, pollIntervalMs: 100, retryBaseMs: 200, retryMaxMs: 2000, env: { ...process.env, TARGET_URL: url } },
+    defer,
+  )
   const count = async () => {
     const c = await mysql.createConnection(url)
     try {
