@@ -33,7 +33,7 @@ async function databaseUrl(): Promise<string> {
     const signals = ['SIGINT', 'SIGTERM'] as const
     const before = signals.map((s) => new Set(process.listeners(s)))
     const { startEmbedded } = await import('./embedded.js')
-    embedded = await startEmbedded(config.dataDir, config.embeddedPort)
+    embedded = await startEmbedded(config.dataDir, config.embeddedPort, config.embeddedCache)
     signals.forEach((s, i) => {
       for (const l of process.listeners(s)) if (!before[i]!.has(l)) process.removeListener(s, l)
     })

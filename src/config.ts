@@ -20,6 +20,11 @@ export interface Config {
   dataDir: string
   /** The embedded Postgres' port. (Default: 54329) */
   embeddedPort: number
+  /**
+   * As root, where the embedded Postgres' binaries and data go when the user it runs as cannot
+   * reach them in the checkout. (Default: /var/cache/segmenter)
+   */
+  embeddedCache: string
 }
 
 export const defaults = {
@@ -31,6 +36,7 @@ export const defaults = {
   httpHost: '127.0.0.1',
   dataDir: '.segmenter',
   embeddedPort: 54329,
+  embeddedCache: '/var/cache/segmenter',
 } satisfies Partial<Config>
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
@@ -44,6 +50,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     httpHost: env.SEGMENTER_HTTP_HOST ?? defaults.httpHost,
     dataDir: env.SEGMENTER_DATA_DIR ?? defaults.dataDir,
     embeddedPort: env.SEGMENTER_EMBEDDED_PORT ? Number(env.SEGMENTER_EMBEDDED_PORT) : defaults.embeddedPort,
+    embeddedCache: env.SEGMENTER_EMBEDDED_CACHE || defaults.embeddedCache,
   }
   assert(
     Number.isInteger(config.pollIntervalMs) && config.pollIntervalMs >= 10,

