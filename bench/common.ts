@@ -99,12 +99,15 @@ export const percentile = (xs: number[], p: number): number => {
 
 /**
  * CPU time (ms, user + system, including waited-for children) of every process on the machine by
- * kind: the Postgres servers, the MariaDB servers, Node processes, the rest. A difference of two
- * readings says where a phase spent the machine's cores.
+ * kind: the Postgres servers, the MariaDB servers, Node processes, the rest; and the machine's
+ * steal time. A difference of two readings says where a phase spent the machine's cores.
  */
-export function cpuByKind(): Record<'postgres' | 'mariadb' | 'node' | 'other', number> {
-  const out = { postgres: 0, mariadb: 0, node: 0, other: 0 }
+export function cpuByKind(): Record<'postgres' | 'mariadb' | 'node' | 'other' | 'steal', number> {
   const tick = 1000 / 100 // USER_HZ is 100 on Linux
+  // Steal: time the hypervisor gave this machine's vCPUs to someone else (all cores together).
+  // On a shared host it explains rounds that are slow for no reason of their own.
+  const cpuLine = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.split(/\s+/)
+  const out = { postgres: 0, mariadb: 0, node: 0, other: 0, steal: Number(cpuLine[8] ?? 0) * tick }
   for (const pid of readdirSync('/proc')) {
     if (!/^\d+$/.test(pid)) continue
     let stat: string

@@ -4,12 +4,13 @@
 //  1. throughput: N adds, batch_size B, vs a raw mysql2 multi-row INSERT of the same rows (same
 //     batch size, one transaction per batch); timed from the start of the home INSERT (ratio) and
 //     from its commit (drain_ratio) until the home cursor, which follows the target's checkpoint,
-//     covers everything. Raw and pipeline alternate for R rounds; the ratios are the medians of
-//     the rounds' ratios (this shared machine's speed drifts by tens of percent within minutes);
+//     covers everything. Each of R rounds runs raw, then the pipeline once per lanes setting (the
+//     consumer's `lanes` option); the ratios are the medians of the rounds' ratios (this shared
+//     machine's speed drifts by tens of percent within minutes, see `steal` in the CPU figures);
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
-// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3] [lanes=1]
+// Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3] [lanes=1,2]
 import { spawn, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -19,7 +20,7 @@ const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
 const latencyCommits = Number(process.argv[4] ?? 200)
 const rounds = Number(process.argv[5] ?? 3)
-const lanes = Number(process.argv[6] ?? 1)
+const laneSettings = (process.argv[6] ?? '1,2').split(',').map(Number)
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const progress = (msg: string) => process.stderr.write(`[delivery] ${msg}\n`)
@@ -62,9 +63,10 @@ async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<v
     await sleep(100)
   }
 }
-// One lane by default: on this 2-core machine a second one only adds lock contention inside
-// MariaDB, whose CPU Postgres and the sidecar need (run with lanes=2 to see it).
-await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes })])
+/** The consumer with `lanes` open target transactions per subscription (read when a subscription starts). */
+const consumer = (lanes: number) =>
+  q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes })])
+await consumer(1)
 
 // 1. Throughput --------------------------------------------------------------------------------
 // The sidecar runs the way users start it, so its launcher's heap flags apply.
@@ -101,11 +103,12 @@ async function rawRound() {
 }
 
 /** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
-async function pipelineRound(r: number) {
-  const name = r === rounds ? 'bench_members' : `bench_members_${r}` // the last one stays for the resync below
+async function pipelineRound(r: number, lanes: number, last: boolean) {
+  const name = last ? 'bench_members' : `bench_members_${r}_${lanes}` // the last one stays for the resync below
   const seg = await segment(name)
   await targetTable('members')
-  const sub = await subscribe(`throughput_${r}`, name, 'members', batch)
+  await consumer(lanes)
+  const sub = await subscribe(`throughput_${r}_${lanes}`, name, 'members', batch)
   await drained(sub)
   const start = performance.now()
   await q(
@@ -118,25 +121,51 @@ async function pipelineRound(r: number) {
   const ms = performance.now() - start
   const cpuMs = cpuSince(cpu)
   if ((await count('members')) !== members) throw new Error('pipeline lost or duplicated rows')
-  await q(`select segmenter.drop_subscription($1)`, [`throughput_${r}`])
+  await q(`select segmenter.drop_subscription($1)`, [`throughput_${r}_${lanes}`])
   await target.conn.query('drop table members')
+  if (!last) {
+    // Gone before the next round, so that autovacuum does not spend the next rounds' cores on a
+    // million rows nobody reads any more.
+    await q(`select segmenter.retire_segment($1)`, [name])
+    await q(`drop table ${name}`)
+  }
   return { ms, commitMs, drainMs: ms - commitMs, cpuMs }
 }
 
 const rawRounds: Array<Awaited<ReturnType<typeof rawRound>>> = []
-const pipeRounds: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
+const pipeRounds = new Map(laneSettings.map((lanes) => [lanes, [] as Array<Awaited<ReturnType<typeof pipelineRound>>>]))
 for (let r = 1; r <= rounds; r++) {
   progress(`round ${r}/${rounds}: raw baseline, ${members} rows in batches of ${batch}`)
   rawRounds.push(await rawRound())
-  progress(`round ${r}/${rounds}: pipeline`)
-  pipeRounds.push(await pipelineRound(r))
+  // The lanes settings take turns going first, so that neither always follows the raw round.
+  const order = r % 2 === 1 ? laneSettings : [...laneSettings].reverse()
+  for (const [k, lanes] of order.entries()) {
+    progress(`round ${r}/${rounds}: pipeline, ${lanes} lane(s)`)
+    pipeRounds.get(lanes)!.push(await pipelineRound(r, lanes, r === rounds && k === order.length - 1))
+  }
 }
 const perSecond = (ms: number) => Math.round(members / (ms / 1000))
-const ratios = rawRounds.map((raw, i) => raw.ms / pipeRounds[i]!.ms)
-const drainRatios = rawRounds.map((raw, i) => raw.ms / pipeRounds[i]!.drainMs)
+/** One lanes setting's rounds against the raw rounds they ran with. */
+const pipelineFigures = (pipe: Array<Awaited<ReturnType<typeof pipelineRound>>>) => {
+  const ratios = rawRounds.map((raw, i) => raw.ms / pipe[i]!.ms)
+  const drainRatios = rawRounds.map((raw, i) => raw.ms / pipe[i]!.drainMs)
+  return {
+    pipeline_rows_per_s: pipe.map((p) => perSecond(p.ms)),
+    ratios: ratios.map((x) => round(x, 2)),
+    ratio: round(median(ratios), 2),
+    home_insert_commit_ms: pipe.map((p) => Math.round(p.commitMs)),
+    // The sidecar alone: from the home commit (the rows and their change log in Postgres) to
+    // the last row in MariaDB, i.e. how fast a backlog drains.
+    drain_rows_per_s: pipe.map((p) => perSecond(p.drainMs)),
+    drain_ratios: drainRatios.map((x) => round(x, 2)),
+    drain_ratio: round(median(drainRatios), 2),
+    drain_cpu_ms: pipe.map((p) => p.cpuMs),
+  }
+}
 
 // 2. Latency -----------------------------------------------------------------------------------
 progress(`latency: ${latencyCommits} single-row commits`)
+await consumer(1) // latency and memory with the default
 const segLatency = await segment('bench_latency')
 await target.conn.query(`create table latency (segId varchar(36), clientId varchar(255), email varchar(64), updated datetime(6))`)
 const subLatency = await subscribe('latency', 'bench_latency', 'latency', 1)
@@ -180,24 +209,15 @@ console.log(
       benchmark: 'delivery',
       members,
       batch_size: batch,
-      lanes,
       throughput: {
         rounds,
-        raw_rows_per_s: rawRounds.map((r) => perSecond(r.ms)),
-        pipeline_rows_per_s: pipeRounds.map((r) => perSecond(r.ms)),
-        ratios: ratios.map((x) => round(x, 2)),
-        ratio: round(median(ratios), 2),
         target_ratio: 0.8,
-        home_insert_commit_ms: pipeRounds.map((r) => Math.round(r.commitMs)),
-        // The sidecar alone: from the home commit (the rows and their change log in Postgres) to
-        // the last row in MariaDB, i.e. how fast a backlog drains.
-        drain_rows_per_s: pipeRounds.map((r) => perSecond(r.drainMs)),
-        drain_ratios: drainRatios.map((x) => round(x, 2)),
-        drain_ratio: round(median(drainRatios), 2),
-        // Where the machine's cores went: ms of CPU per kind of process, per round.
+        raw_rows_per_s: rawRounds.map((r) => perSecond(r.ms)),
+        // Where the machine's cores went: ms of CPU per kind of process, per round; steal is what
+        // the hypervisor kept for other guests (a round with much of it is slow for that reason).
         raw_cpu_ms: rawRounds.map((r) => r.cpuMs),
-        drain_cpu_ms: pipeRounds.map((r) => r.cpuMs),
         cores: availableParallelism(),
+        ...Object.fromEntries([...pipeRounds].map(([lanes, pipe]) => [`lanes_${lanes}`, pipelineFigures(pipe)])),
       },
       latency_ms: {
         commits: latencyCommits,
