@@ -2,7 +2,7 @@
 // operator needs, the others are SQL API calls with readable output (or --json).
 import { Command } from 'commander'
 import { loadConfig } from './config.js'
-import { createPool } from './db.js'
+import { createPool, endPool } from './db.js'
 import { fromPgError } from './errors.js'
 import { createLogger } from './logger.js'
 import { refreshSegment } from './api.js'
@@ -56,7 +56,7 @@ async function withPool<T>(fn: (pool: ReturnType<typeof createPool>) => Promise<
   } catch (err) {
     throw fromPgError(err)
   } finally {
-    await pool.end()
+    await endPool(pool)
   }
 }
 
@@ -114,7 +114,7 @@ program
     process.once('SIGINT', () => void stop('SIGINT'))
     await sidecar.done
     http?.close()
-    await pool.end()
+    await endPool(pool)
     log.info('sidecar stopped')
   })
 

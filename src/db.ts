@@ -28,3 +28,14 @@ export function createPool(connectionString: string, max = 10): pg.Pool {
   pool.on('connect', (client) => client.on('error', () => {}))
   return pool
 }
+
+/**
+ * End a pool without waiting forever: pool.end() waits for every checked-out client, and a client
+ * stuck on a connection that died with its server (seen after a home restart under load) is
+ * never given back. Its socket is destroyed with the process.
+ */
+export async function endPool(pool: pg.Pool, ms = 5000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([pool.end().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, ms)))])
+  clearTimeout(timer)
+}

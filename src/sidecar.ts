@@ -208,9 +208,12 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   // Every step of the shutdown is bounded: a client stuck on a connection that died with its
   // server (seen after a home restart under load) must not keep the process from exiting. Nothing
   // is lost by giving up: a batch in flight commits whole with its checkpoint or not at all.
-  const bounded = (what: string, p: Promise<unknown>, ms: number) =>
+  const bounded = (what: string, p: Promise<unknown>, ms: number): Promise<void> =>
     Promise.race([
-      p.catch(() => {}),
+      p.then(
+        () => {},
+        () => {},
+      ),
       new Promise<void>((resolve) =>
         setTimeout(() => {
           log.warn({ step: what, ms }, 'shutdown step timed out; going on')
@@ -218,7 +221,12 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
         }, ms).unref(),
       ),
     ])
-  const done = loop().finally(async () => {
+  // A stop ends the loop at its next check; a loop stuck on a query whose connection died under it
+  // is given up on, like the steps below.
+  let stopRequested = () => {}
+  const stopRequest = new Promise<void>((resolve) => (stopRequested = resolve))
+  const looping = loop()
+  const done = Promise.race([looping, stopRequest.then(() => bounded('work loop', looping, 10_000))]).finally(async () => {
     for (const t of timers.values()) clearTimeout(t)
     await bounded(
       'batches in flight',
@@ -237,6 +245,7 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     async stop() {
       stopping = true
       kick()
+      stopRequested()
       await done
     },
   }

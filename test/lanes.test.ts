@@ -187,6 +187,8 @@ test('end to end with 2 lanes: the target only ever shows whole statements in or
 test('batches that lock the same rows in the target fall back to one lane, and the result stays exact', async (t) => {
   // Each batch inserts its rows, then takes the one hot row. A short second batch gets there
   // first and holds it until the first commits, which waits for it: an unseen deadlock.
+  // Every row costs the target a sleep of half a millisecond, so the short batch is there about a
+  // second before the long one even when this machine stalls between sending the two.
   const { home, target, segmentId, start } = await scenario(t, {
     lanes: 2,
     batchSize: 2000,
@@ -195,7 +197,8 @@ test('batches that lock the same rows in the target fall back to one lane, and t
       'create table hot (id int primary key, n int not null)',
       'insert into hot values (1, 0)',
     ],
-    addSql: `${ADD};\n update hot set n = n + 1 where id = 1`,
+    addSql: `insert into members (member) values {for $i, $m = $batch}(concat({$m.id}, if(sleep(0.0005), '', ''))){autocomma}{end};
+      update hot set n = n + 1 where id = 1`,
   })
   await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 2010) g`, [segmentId])
   const warnings: string[] = []

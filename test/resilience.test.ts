@@ -210,3 +210,39 @@ test("a change read whose connection dies mid-read fails at once instead of hang
   assert.ok(outcome instanceof Error, `the read fails (got: ${String(outcome)})`)
   assert.ok(isTransient(outcome), `as a lost connection, retried: ${outcome.message}`)
 })
+
+test('stop() returns, and the pool ends, while the work loop waits on a query that does not come back', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  // Another session holds the subscriptions table: the loop's next sweep waits on it, as a query
+  // on a connection that died under it would wait.
+  const locker = createPool(home.url, 1)
+  defer(() => locker.end())
+  const lock = await locker.connect()
+  const unlock = async () => {
+    await lock.query('rollback').catch(() => {})
+  }
+  defer(async () => lock.release())
+  defer(unlock)
+  const sidecar = await startTestSidecar({ databaseUrl: home.url, pollIntervalMs: 50, stopTimeoutMs: 1000 }, defer)
+  await lock.query('begin; lock table segmenter.subscriptions in access exclusive mode')
+  await until('the sweep waits for the lock', async () => {
+    const rows = await home.query(
+      `select 1 from pg_stat_activity where application_name = 'segmenter' and wait_event_type = 'Lock' and query like '%segmenter.subscriptions%'`,
+    )
+    return rows.length > 0
+  })
+  const started = performance.now()
+  // stop() also ends its pool, whose one client is still waiting.
+  const outcome = await Promise.race([sidecar.stop().then(() => 'stopped'), sleep(30_000).then(() => 'still stopping')])
+  const ms = performance.now() - started
+  const [{ waiting }] = await home.query(
+    `select count(*)::int as waiting from pg_stat_activity where application_name = 'segmenter' and wait_event_type = 'Lock'`,
+  )
+  await unlock() // a stop still under way finishes now
+  assert.equal(outcome, 'stopped')
+  assert.equal(waiting, 1, 'the query was still waiting when stop() returned')
+  // Bounds: 10 s for the loop, 1 s for batches in flight, 5 s for the pool, plus the other steps.
+  assert.ok(ms < 25_000, `stop() returned after ${Math.round(ms)} ms`)
+})

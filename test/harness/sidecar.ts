@@ -1,6 +1,6 @@
 // A sidecar in the test process on a pool of its own, the way every delivery test starts one.
 import { pino } from 'pino'
-import { createPool } from '../../src/db.js'
+import { createPool, endPool } from '../../src/db.js'
 import { startSidecar, type Sidecar, type SidecarOptions } from '../../src/sidecar.js'
 
 /**
@@ -18,7 +18,7 @@ export async function startTestSidecar(
   sidecar.stop = () =>
     (stopped ??= (async () => {
       await stop()
-      await pool.end()
+      await endPool(pool)
     })())
   defer?.(() => sidecar.stop())
   return sidecar
