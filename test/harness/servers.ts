@@ -267,7 +267,19 @@ export async function startMariadb(): Promise<MariaServer> {
   const logFile = join(root, 'server.log')
   const userArg = isRoot ? ['--user=mysql'] : []
   // --no-defaults everywhere: never pick up /etc/mysql config (ports, sockets, datadir) of a system install.
-  await run([installDb, '--no-defaults', ...userArg, `--datadir=${dataDir}`, '--auth-root-authentication-method=normal', '--skip-test-db'])
+  // Its own tmpdir: a starting mariadbd deletes every #sql* file in its tmpdir, and in the shared
+  // /tmp those were the temporary tables of another test file's bootstrap ("Could not remove
+  // temporary table", then "Installation of system tables failed").
+  const tmpArg = `--tmpdir=${root}`
+  await run([
+    installDb,
+    '--no-defaults',
+    ...userArg,
+    `--datadir=${dataDir}`,
+    tmpArg,
+    '--auth-root-authentication-method=normal',
+    '--skip-test-db',
+  ])
   // mariadbd (running as mysql) appends to the log we also hand it as stdout/stderr, so it must own it.
   await writeFile(logFile, '')
   if (isRoot) {
@@ -279,6 +291,7 @@ export async function startMariadb(): Promise<MariaServer> {
     '--no-defaults',
     ...userArg,
     `--datadir=${dataDir}`,
+    tmpArg,
     `--port=${port}`,
     '--bind-address=127.0.0.1',
     `--socket=${join(dataDir, 's.sock')}`,
