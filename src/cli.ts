@@ -211,6 +211,9 @@ program
   .parseAsync()
   .then(async () => {
     await embedded?.stop()
+    // Done: should a socket stuck on a connection that died under it (given up on by endPool)
+    // still hold the event loop, do not linger for it.
+    setTimeout(() => process.exit(0), 2000).unref()
   })
   .catch(async (err: unknown) => {
     const e = fromPgError(err) as Error & { code?: string }
