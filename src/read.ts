@@ -178,6 +178,11 @@ export async function loadMemberRows(
     ids.push(e.memberId)
   }
   const result = new Map<string, Map<string, Record<string, unknown>>>()
+  for (const segmentId of wanted.keys()) {
+    result.set(segmentId, new Map())
+    const segment = segments.get(segmentId)
+    if (!segment || (idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))) wanted.delete(segmentId)
+  }
   if (wanted.size === 0) return result
   const client = await db.connect()
   try {
@@ -187,10 +192,8 @@ export async function loadMemberRows(
     // settings.
     await client.query('begin; set local enable_bitmapscan = off')
     for (const [segmentId, ids] of wanted) {
-      const segment = segments.get(segmentId)
-      const byId = new Map<string, Record<string, unknown>>()
-      result.set(segmentId, byId)
-      if (!segment) continue
+      const segment = segments.get(segmentId)!
+      const byId = result.get(segmentId)!
       // One index probe per id (a LATERAL subquery is always a nested loop). Right after a bulk
       // load, `id = any($2)` or a plain join were planned as a scan of every member of the
       // segment: 200-500 ms a window at 1M members, instead of 50.
@@ -221,6 +224,15 @@ export async function loadMemberRows(
   }
   return result
 }
+
+/**
+ * Templates that print nothing of a member but its id (and the segment's) need no row: the change
+ * log has the id, as `id::text`, which is also how pg returns these types (not an integer, which
+ * pg returns as a number, nor char(n), whose padding the cast drops). membersOf makes the same
+ * { segment_id, id } a member without a row gets, and Postgres does no probe for it.
+ */
+const idOnly = (columns: string[] | null) => columns !== null && columns.every((c) => c === 'id' || c === 'segment_id')
+const ID_AS_CAPTURED = /^(text|uuid|bigint|character varying(\(\d+\))?)$/
 
 const quoteIdent = (name: string) => '"' + name.replaceAll('"', '""') + '"'
 

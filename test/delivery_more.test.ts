@@ -363,6 +363,54 @@ test("templates get each member's latest row: the current one, else the last clo
   ])
 })
 
+test('templates that print only ids deliver without reading a member row: the segment table may be locked', async (t) => {
+  const defer = deferrer(t)
+  const { home, target, start } = await setup(defer)
+  const [{ id }] = await home.query(`select segmenter.create_segment('ids', 'public.test_segment') as id`)
+  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
+  await home.query(
+    `select segmenter.create_subscription(name => 'ids', consumer => 'maria', segments => array['ids'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => $2, batch_size => 100, batch_timeout => '100 ms')`,
+    [T.add, T.remove],
+  )
+  await start()
+  await homeCaughtUp(home.query)
+  await home.query(`select segmenter.pause('ids')`)
+  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 250) g`, [id])
+  // Another session holds the segment table: reading a member's row would wait until it lets go.
+  const locker = new pg.Client({ connectionString: home.url })
+  await locker.connect()
+  defer(() => locker.end())
+  await locker.query('begin; lock table test_segment in access exclusive mode')
+  await home.query(`select segmenter.resume('ids')`)
+  await until('250 members while the segment table is locked', async () => (await count(target)) === 250, 15_000)
+  await locker.query('rollback')
+  assert.deepEqual((await targetIds(target, id)).slice(0, 3), ['m1', 'm10', 'm100'])
+})
+
+test('an integer id still reaches templates as a number', async (t) => {
+  const defer = deferrer(t)
+  const { home, target, start } = await setup(defer)
+  await home.query(`create table public.nums (segment_id uuid not null, id integer not null,
+    actual_begin timestamptz not null default now(), actual_end timestamptz not null default 'infinity',
+    processed timestamptz not null default now()); create index on nums (segment_id, id)`)
+  await target.query('create table kinds (member varchar(20), kind varchar(20))')
+  const [{ id }] = await home.query(`select segmenter.create_segment('nums', 'public.nums') as id`)
+  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
+  // MariaDB's JSON says which literal the template got: 5 is an INTEGER, '5' a STRING.
+  await home.query(
+    `select segmenter.create_subscription(name => 'nums', consumer => 'maria', segments => array['nums'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => 'delete from kinds where member in ({batch_in "id"})', batch_size => 100, batch_timeout => '100 ms')`,
+    [
+      `insert into kinds (member, kind) values {for $i, $m = $batch}({$m.id}, json_type(json_extract(json_array({$m.id}), '$[0]'))){autocomma}{end}`,
+    ],
+  )
+  await start()
+  await home.query(`insert into nums (segment_id, id) select $1, g from generate_series(1, 5) g`, [id])
+  await until('5 members', async () => Number((await target.query('select count(*) as n from kinds'))[0].n) === 5)
+  assert.deepEqual(await target.query('select kind, count(*) as n from kinds group by kind'), [{ kind: 'INTEGER', n: '5' }])
+})
+
 test("statements are sized to the target's max_allowed_packet: split batches, every row, no dead letters", async (t) => {
   const defer = deferrer(t)
   const home = await freshPg()
