@@ -1,6 +1,7 @@
 // The home database pool. Timestamps and dates stay the strings Postgres sent: re-parsing a
 // `timestamp without time zone` through JS Date would shift it by the sidecar's time zone.
 import pg from 'pg'
+import { settledWithin } from './timeout.js'
 
 const types = {
   getTypeParser(oid: number, format?: 'text' | 'binary') {
@@ -35,7 +36,5 @@ export function createPool(connectionString: string, max = 10): pg.Pool {
  * never given back. Its socket is destroyed with the process.
  */
 export async function endPool(pool: pg.Pool, ms = 5000): Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  await Promise.race([pool.end().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, ms)))])
-  clearTimeout(timer)
+  await settledWithin(pool.end(), ms)
 }

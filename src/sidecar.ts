@@ -11,6 +11,7 @@ import type { Batch } from './batch.js'
 import { deliverSubscription, type DeliveryContext, type RoundResult } from './deliver.js'
 import type { SubscriptionRow } from './read.js'
 import type { Sink } from './sinks/index.js'
+import { settledWithin } from './timeout.js'
 
 export const DELIVER_QUEUE = 'segmenter_deliver'
 
@@ -208,19 +209,9 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   // Every step of the shutdown is bounded: a client stuck on a connection that died with its
   // server (seen after a home restart under load) must not keep the process from exiting. Nothing
   // is lost by giving up: a batch in flight commits whole with its checkpoint or not at all.
-  const bounded = (what: string, p: Promise<unknown>, ms: number): Promise<void> =>
-    Promise.race([
-      p.then(
-        () => {},
-        () => {},
-      ),
-      new Promise<void>((resolve) =>
-        setTimeout(() => {
-          log.warn({ step: what, ms }, 'shutdown step timed out; going on')
-          resolve()
-        }, ms).unref(),
-      ),
-    ])
+  const bounded = async (what: string, p: Promise<unknown>, ms: number): Promise<void> => {
+    if (!(await settledWithin(p, ms))) log.warn({ step: what, ms }, 'shutdown step timed out; going on')
+  }
   // A stop ends the loop at its next check; a loop stuck on a query whose connection died under it
   // is given up on, like the steps below.
   let stopRequested = () => {}

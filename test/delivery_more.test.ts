@@ -67,6 +67,28 @@ async function converged(home: FreshPg, target: FreshMysql, segmentId: string): 
   return want.length === got.length && want.every((id, i) => id === got[i])
 }
 /** The subscription's snapshot (or any resync) was delivered: the home cursor passed resync_pos. */
+/**
+ * Segment `segment` on `table`, the MariaDB consumer 'maria' (TARGET_URL), and an altcraft
+ * subscription `name` on the segment with create_subscription's other named arguments `args`.
+ * Returns the segment's id.
+ */
+async function subscribe(
+  home: FreshPg,
+  o: { segment: string; table?: string; name?: string; args: Record<string, string | number> },
+): Promise<string> {
+  const [{ id }] = await home.query(`select segmenter.create_segment($1, $2::regclass) as id`, [
+    o.segment,
+    o.table ?? 'public.test_segment',
+  ])
+  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
+  const named = Object.keys(o.args).map((arg, i) => `${arg} => $${i + 3}`)
+  await home.query(
+    `select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array[$2], syntax => 'altcraft', ${named.join(', ')})`,
+    [o.name ?? 'sub', o.segment, ...Object.values(o.args)],
+  )
+  return id
+}
+
 async function initialSyncDone(home: FreshPg, sub: string): Promise<boolean> {
   const [r] = await home.query(
     `select resync_pos is not null and cursor_pos >= resync_pos as done from segmenter.subscriptions where name = $1`,
@@ -79,14 +101,8 @@ test('resync: a corrupted target becomes the segment again; changes right after 
   const defer = deferrer(t)
   const { home, target, start } = await setup(defer)
   await start()
-  const [{ id }] = await home.query(`select segmenter.create_segment('r', 'public.test_segment') as id`)
+  const id = await subscribe(home, { segment: 'r', args: { add_sql: T.add, remove_sql: T.remove, clear_sql: T.clear, batch_size: 500 } })
   const [{ id: other }] = await home.query(`select gen_random_uuid()::text as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['r'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, clear_sql => $3, batch_size => 500)`,
-    [T.add, T.remove, T.clear],
-  )
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 5, '0') from generate_series(1, 3000) g`, [
     id,
   ])
@@ -171,13 +187,7 @@ test('pause accumulates, resume catches up', async (t) => {
   const defer = deferrer(t)
   const { home, target, start } = await setup(defer)
   await start()
-  const [{ id }] = await home.query(`select segmenter.create_segment('p', 'public.test_segment') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['p'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 50)`,
-    [T.add, T.remove],
-  )
+  const id = await subscribe(home, { segment: 'p', args: { add_sql: T.add, remove_sql: T.remove, batch_size: 50 } })
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 4, '0') from generate_series(1, 200) g`, [id])
   await until('200 delivered', () => converged(home, target, id))
   const before = await targetIds(target, id)
@@ -208,13 +218,7 @@ test('net compaction: 50 adds and 20 of them closed within the timeout arrive as
   const defer = deferrer(t)
   const { home, target, start } = await setup(defer)
   await start()
-  const [{ id }] = await home.query(`select segmenter.create_segment('c', 'public.test_segment') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['c'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 1000, batch_timeout => '1 s')`,
-    [T.add, T.remove],
-  )
+  const id = await subscribe(home, { segment: 'c', args: { add_sql: T.add, remove_sql: T.remove, batch_size: 1000, batch_timeout: '1 s' } })
   await until('initial sync', () => initialSyncDone(home, 'sub'))
   const [{ n: logBefore }] = await home.query(`select coalesce(max(log_id), 0)::int as n from segmenter.log`)
 
@@ -366,13 +370,11 @@ test("templates get each member's latest row: the current one, else the last clo
 test('templates that print only ids deliver without reading a member row: the segment table may be locked', async (t) => {
   const defer = deferrer(t)
   const { home, target, start } = await setup(defer)
-  const [{ id }] = await home.query(`select segmenter.create_segment('ids', 'public.test_segment') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'ids', consumer => 'maria', segments => array['ids'], syntax => 'altcraft',
-       add_sql => $1, remove_sql => $2, batch_size => 100, batch_timeout => '100 ms')`,
-    [T.add, T.remove],
-  )
+  const id = await subscribe(home, {
+    segment: 'ids',
+    name: 'ids',
+    args: { add_sql: T.add, remove_sql: T.remove, batch_size: 100, batch_timeout: '100 ms' },
+  })
   await start()
   await homeCaughtUp(home.query)
   await home.query(`select segmenter.pause('ids')`)
@@ -395,16 +397,18 @@ test('an integer id still reaches templates as a number', async (t) => {
     actual_begin timestamptz not null default now(), actual_end timestamptz not null default 'infinity',
     processed timestamptz not null default now()); create index on nums (segment_id, id)`)
   await target.query('create table kinds (member varchar(20), kind varchar(20))')
-  const [{ id }] = await home.query(`select segmenter.create_segment('nums', 'public.nums') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
   // MariaDB's JSON says which literal the template got: 5 is an INTEGER, '5' a STRING.
-  await home.query(
-    `select segmenter.create_subscription(name => 'nums', consumer => 'maria', segments => array['nums'], syntax => 'altcraft',
-       add_sql => $1, remove_sql => 'delete from kinds where member in ({batch_in "id"})', batch_size => 100, batch_timeout => '100 ms')`,
-    [
-      `insert into kinds (member, kind) values {for $i, $m = $batch}({$m.id}, json_type(json_extract(json_array({$m.id}), '$[0]'))){autocomma}{end}`,
-    ],
-  )
+  const id = await subscribe(home, {
+    segment: 'nums',
+    table: 'public.nums',
+    name: 'nums',
+    args: {
+      add_sql: `insert into kinds (member, kind) values {for $i, $m = $batch}({$m.id}, json_type(json_extract(json_array({$m.id}), '$[0]'))){autocomma}{end}`,
+      remove_sql: 'delete from kinds where member in ({batch_in "id"})',
+      batch_size: 100,
+      batch_timeout: '100 ms',
+    },
+  })
   await start()
   await home.query(`insert into nums (segment_id, id) select $1, g from generate_series(1, 5) g`, [id])
   await until('5 members', async () => Number((await target.query('select count(*) as n from kinds'))[0].n) === 5)
@@ -724,13 +728,7 @@ test('graceful stop mid-delivery: whole batches only, checkpoint matches; a new 
   const defer = deferrer(t)
   const { home, target, start } = await setup(defer)
   const first = await start({ pollIntervalMs: 100 })
-  const [{ id }] = await home.query(`select segmenter.create_segment('g', 'public.test_segment') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
-  await home.query(
-    `select segmenter.create_subscription(name => 'sub', consumer => 'maria', segments => array['g'], syntax => 'altcraft',
-    add_sql => $1, remove_sql => $2, batch_size => 5000)`,
-    [T.add, T.remove],
-  )
+  const id = await subscribe(home, { segment: 'g', args: { add_sql: T.add, remove_sql: T.remove, batch_size: 5000 } })
   await until('initial sync', () => initialSyncDone(home, 'sub'))
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 50000) g`, [id])
 

@@ -161,14 +161,20 @@ test('target down for 30 s mid-delivery: retries, errors counted, then catches u
   assert.ok(pending.n >= 0)
 })
 
-test('a checked-out home connection killed between two queries fails its next query (retryable) instead of the process', async (t) => {
-  const defer = deferrer(t)
+/** A fresh home database, a sidecar pool on it, and one client checked out of it with its backend's pid. */
+async function homeWithClient(defer: ReturnType<typeof deferrer>) {
   const home = await freshPg()
   defer(() => home.close())
   const pool = createPool(home.url)
   defer(() => pool.end())
-  const client = await pool.connect() // held the way a delivery round holds its advisory-lock client
+  const client = await pool.connect()
   const [{ pid }] = (await client.query('select pg_backend_pid() as pid')).rows
+  return { home, pool, client, pid }
+}
+
+test('a checked-out home connection killed between two queries fails its next query (retryable) instead of the process', async (t) => {
+  // The client is held the way a delivery round holds its advisory-lock client.
+  const { home, pool, client, pid } = await homeWithClient(deferrer(t))
   await home.query('select pg_terminate_backend($1)', [pid])
   await sleep(300) // the server's FATAL message arrives while no query runs on the client
   const error = await client.query('select 1').then(
@@ -183,13 +189,7 @@ test('a checked-out home connection killed between two queries fails its next qu
 })
 
 test("a change read whose connection dies mid-read fails at once instead of hanging on the cursor's close", async (t) => {
-  const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const pool = createPool(home.url)
-  defer(() => pool.end())
-  const client = await pool.connect()
-  const [{ pid }] = (await client.query('select pg_backend_pid() as pid')).rows
+  const { home, pool, client, pid } = await homeWithClient(deferrer(t))
   // Hold the change log so that the read blocks on the server, then kill its connection.
   const locker = await pool.connect()
   await locker.query('begin; lock table segmenter.changes in access exclusive mode')

@@ -3,6 +3,7 @@
 import mysql from 'mysql2/promise'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
+import { settledWithin } from '../timeout.js'
 import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
 const CHECKPOINT_TABLE = 'segmenter_checkpoint'
@@ -57,8 +58,7 @@ export async function openMysqlSink(
       beginShortLockWait: 'set session innodb_lock_wait_timeout = 2;\nstart transaction',
       async end(conn) {
         // end() waits for the server to answer QUIT, which a dead server never does.
-        const timeout = new Promise((resolve) => setTimeout(resolve, 1000).unref())
-        await Promise.race([conn.end().catch(() => {}), timeout])
+        await settledWithin(conn.end(), 1000)
         conn.destroy()
       },
     },

@@ -3,6 +3,7 @@
 import pg from 'pg'
 import type { Dialect } from '../render/index.js'
 import { literal } from '../render/index.js'
+import { settledWithin } from '../timeout.js'
 import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
 export async function openPostgresSink(
@@ -52,7 +53,7 @@ export async function openPostgresSink(
       beginShortLockWait: "begin;\nset local lock_timeout = '2s'",
       async end(client) {
         // end() waits for the server's goodbye, which a dead connection never sends.
-        await Promise.race([client.end().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+        await settledWithin(client.end(), 1000)
       },
     },
     first,
