@@ -2,11 +2,13 @@
 // multi-row INSERT → target transaction with checkpoint), with the sidecar started as users start
 // it (`bin/segmenter.js run`, a child process), against baselines in the same run:
 //  1. throughput: N adds, batch_size B, vs a raw mysql2 multi-row INSERT of the same rows (same
-//     batch size, one transaction per batch); timed from the start of the home INSERT (ratio) and
-//     from its commit (drain_ratio) until the home cursor, which follows the target's checkpoint,
-//     covers everything. Each of R rounds runs raw, then the pipeline once per lanes setting (the
-//     consumer's `lanes` option); the ratios are the medians of the rounds' ratios (this shared
-//     machine's speed drifts by tens of percent within minutes, see `steal` in the CPU figures);
+//     batch size, one transaction per batch), until the home cursor, which follows the target's
+//     checkpoint, covers everything. Three clocks: from the start of the home INSERT (ratio: the
+//     user's own write included); Segmenter's own work (work_ratio: what capture adds to that
+//     INSERT, measured against the same INSERT into an unregistered twin table in the same round,
+//     plus the drain); from the home commit (drain_ratio). Each of R rounds runs raw, then the
+//     pipeline once per lanes setting (the consumer's `lanes` option); the ratios are the medians
+//     of the rounds' ratios (this shared machine's speed drifts by tens of percent within minutes, see `steal` in the CPU figures);
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
@@ -110,17 +112,26 @@ async function pipelineRound(r: number, lanes: number, last: boolean) {
   await consumer(lanes)
   const sub = await subscribe(`throughput_${r}_${lanes}`, name, 'members', batch)
   await drained(sub)
+  const insert = (table: string) =>
+    q(
+      `insert into ${table} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
+      [seg, members],
+    )
   const start = performance.now()
-  await q(
-    `insert into ${name} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
-    [seg, members],
-  )
+  await insert(name)
   const commitMs = performance.now() - start
   const cpu = cpuByKind()
   await drained(sub)
   const ms = performance.now() - start
   const cpuMs = cpuSince(cpu)
   if ((await count('members')) !== members) throw new Error('pipeline lost or duplicated rows')
+  // The same INSERT into a twin table without capture: the user's own write, which is not
+  // Segmenter's work. After the drain, so that it does not compete with it.
+  await q(`create table bench_uncaptured (like ${name} including all)`)
+  const uncapturedStart = performance.now()
+  await insert('bench_uncaptured')
+  const uncapturedMs = performance.now() - uncapturedStart
+  await q('drop table bench_uncaptured')
   await q(`select segmenter.drop_subscription($1)`, [`throughput_${r}_${lanes}`])
   await target.conn.query('drop table members')
   if (!last) {
@@ -129,7 +140,7 @@ async function pipelineRound(r: number, lanes: number, last: boolean) {
     await q(`select segmenter.retire_segment($1)`, [name])
     await q(`drop table ${name}`)
   }
-  return { ms, commitMs, drainMs: ms - commitMs, cpuMs }
+  return { ms, commitMs, uncapturedMs, workMs: commitMs - uncapturedMs + (ms - commitMs), drainMs: ms - commitMs, cpuMs }
 }
 
 const rawRounds: Array<Awaited<ReturnType<typeof rawRound>>> = []
@@ -154,6 +165,10 @@ const pipelineFigures = (pipe: Array<Awaited<ReturnType<typeof pipelineRound>>>)
     ratios: ratios.map((x) => round(x, 2)),
     ratio: round(median(ratios), 2),
     home_insert_commit_ms: pipe.map((p) => Math.round(p.commitMs)),
+    home_insert_uncaptured_ms: pipe.map((p) => Math.round(p.uncapturedMs)),
+    // Segmenter's own work: what capture added to the home INSERT, then the drain.
+    work_ratios: rawRounds.map((raw, i) => round(raw.ms / pipe[i]!.workMs, 2)),
+    work_ratio: round(median(rawRounds.map((raw, i) => raw.ms / pipe[i]!.workMs)), 2),
     // The sidecar alone: from the home commit (the rows and their change log in Postgres) to
     // the last row in MariaDB, i.e. how fast a backlog drains.
     drain_rows_per_s: pipe.map((p) => perSecond(p.drainMs)),
