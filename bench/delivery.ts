@@ -8,7 +8,8 @@
 //     INSERT, measured against the same INSERT into an unregistered twin table in the same round,
 //     plus the drain); from the home commit (drain_ratio). Each of R rounds runs raw, then the
 //     pipeline once per lanes setting (the consumer's `lanes` option); the ratios are the medians
-//     of the rounds' ratios (this shared machine's speed drifts by tens of percent within minutes, see `steal` in the CPU figures);
+//     of the rounds' ratios (this shared machine's speed drifts by tens of percent within minutes,
+//     see `steal` in the CPU figures);
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
 //  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.

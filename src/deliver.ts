@@ -34,6 +34,13 @@ const READ_AHEAD_TIMEOUT_MS = 30_000
 const READ_AHEAD_MAX_EVENTS = 20_000
 // Batches delivered in a run are recorded at home this many at a time (and when the run ends).
 const RECORD_EVERY = 20
+// On one lane, a backlog's batches go up to this many (and this many bytes) to one target
+// transaction. What that saves is the commit and round trip per batch: a backlog of 20,000
+// one-member batches drained in 1.0-1.2 s instead of 6.7-8.3 s (one-off measurement, MariaDB on
+// this machine); for batches of 1,000 rows it made no measurable difference. A failed group is
+// sent again one batch at a time.
+const TRANSACTION_MAX_BATCHES = 100
+const TRANSACTION_MAX_BYTES = 1 << 20
 
 export interface DeliveryContext {
   pool: pg.Pool
@@ -119,15 +126,16 @@ export async function deliverSubscription(
       for (let i = 0; i < batches.length && !shouldStop();) {
         try {
           const run = runLength(batches, i)
+          let alone = 1
           if (run > 1) {
             const result = await deliverRun(round, batches.slice(i, i + run), shouldStop)
             i += result.committed
             if (result.error !== undefined) throw result.error
             if (result.committed === run || shouldStop()) continue
+            alone = result.alone
           }
-          // One at a time: a lone batch, or the one where a run stopped (a rejection is split here).
-          await deliverBatch(round, batches[i]!)
-          i++
+          // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
+          for (const stop = i + alone; i < stop && !shouldStop(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
           if (!isTransient(error)) throw error
           await dropSink(ctx, sub.subscription_id)
@@ -327,71 +335,106 @@ function runLength(batches: Batch[], i: number): number {
 }
 
 /**
- * Deliver a run of batches as a pipeline: the next batch is rendered while the target executes
- * the previous one, and the log rows go home RECORD_EVERY at a time, off the critical path. With
- * `lanes` > 1, up to that many transactions are open at once, committed strictly in order, each
- * with its checkpoint; with one, each batch goes in one round trip (statements, checkpoint,
- * COMMIT) and the next starts only after it committed. The run stops early, rolling back what is
- * open, where a batch fails to render or execute, so that the caller delivers that one alone
- * (and splits it if the target rejects a row). Returns how many were committed, and a connection
- * failure to retry.
+ * Deliver a run of batches as a pipeline: the next batches are rendered while the target executes
+ * the previous ones, and the log rows go home RECORD_EVERY at a time, off the critical path. With
+ * `lanes` > 1, up to that many transactions are open at once, one batch each, committed strictly
+ * in order, each with its checkpoint. With one, the batches rendered while a transaction ran go
+ * together in the next one (up to TRANSACTION_MAX_BATCHES and TRANSACTION_MAX_BYTES),
+ * statements, checkpoint and COMMIT in one round trip: a backlog costs the target a commit and a
+ * checkpoint write per group instead of per batch, and a lone change still goes at once. The run
+ * stops early, rolling back what is open, where a batch fails to render or execute; it returns how
+ * many batches were committed, how many from there on the caller should deliver one at a time
+ * (where the target rejects a row, those are split), and a connection failure to retry.
  */
-async function deliverRun(round: Round, run: Batch[], shouldStop: () => boolean): Promise<{ committed: number; error?: unknown }> {
+async function deliverRun(
+  round: Round,
+  run: Batch[],
+  shouldStop: () => boolean,
+): Promise<{ committed: number; alone: number; error?: unknown }> {
   const { ctx, sink, sub } = round
   const lanes = ctx.oneLane.has(sub.subscription_id) ? 1 : sink.lanes
-  const open: Array<{ batch: Batch; statement: string | null; tx: OpenTransaction; started: number }> = []
-  let ready: { batch: Batch; statement: string | null; started: number } | null = null // rendered, not begun
+  const perTransaction = lanes === 1 ? TRANSACTION_MAX_BATCHES : 1
+  const open: Array<{ group: Rendered[]; tx: OpenTransaction; started: number; settled: boolean }> = []
+  const ready: Rendered[] = [] // rendered, not begun
   let next = 0 // the first batch not rendered yet
   let end = run.length // where the run stops: before a batch that must go alone
   let committed = 0
+  let alone = 1
   let failure: unknown
   const done: Delivered[] = [] // committed, not yet recorded at home
   let recording: Promise<void> = Promise.resolve()
   /** The next batch, rendered; null where the run ends before it. */
-  const renderNext = (): typeof ready => {
+  const renderNext = (): Rendered | null => {
     if (next >= end) return null
     const batch = run[next]!
-    const started = performance.now()
     let statement: string | null = null
     try {
       statement = renderBatch(round, batch)
     } catch {
       end = next // delivered alone, where a bad value is isolated
     }
-    if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes) end = next // split alone
+    const bytes = statement === null ? 0 : Buffer.byteLength(statement)
+    if (bytes > sink.maxStatementBytes) end = next // split alone
     if (next >= end) return null
     next++
-    return { batch, statement, started }
+    return { batch, statement, bytes }
+  }
+  /** The rendered batches that go in the next transaction. */
+  const nextGroup = (): Rendered[] => {
+    const group: Rendered[] = []
+    let bytes = 0
+    const maxBytes = Math.min(TRANSACTION_MAX_BYTES, sink.maxStatementBytes)
+    while (ready.length > 0 && group.length < perTransaction && (group.length === 0 || bytes + ready[0]!.bytes <= maxBytes)) {
+      bytes += ready[0]!.bytes
+      group.push(ready.shift()!)
+    }
+    return group
   }
   try {
     for (;;) {
-      while (open.length < lanes && !shouldStop() && (ready ??= renderNext())) {
-        const { batch, statement, started } = ready!
-        ready = null
-        const statements = statement === null ? [] : [statement]
-        const tx = lanes === 1 ? committedAtOnce(sink, statements, sub.sync_key, batch.through) : sink.begin(statements)
-        tx.executed.catch(() => {}) // awaited in order below
-        open.push({ batch, statement, tx, started })
+      while (open.length < lanes && !shouldStop()) {
+        if (ready.length === 0) {
+          const rendered = renderNext()
+          if (!rendered) break
+          ready.push(rendered)
+        }
+        const group = nextGroup()
+        const statements = group.flatMap((g) => (g.statement === null ? [] : [g.statement]))
+        const through = group[group.length - 1]!.batch.through
+        const tx = lanes === 1 ? committedAtOnce(sink, statements, sub.sync_key, through) : sink.begin(statements)
+        const entry = { group, tx, started: performance.now(), settled: false }
+        // Awaited in order below; meanwhile it tells the rendering below to stop.
+        tx.executed.then(
+          () => (entry.settled = true),
+          () => (entry.settled = true),
+        )
+        open.push(entry)
       }
       const head = open.shift()
       if (!head) break
-      // The target is busy with the open batches: render the next one meanwhile. (After the
-      // queries above went out: they are written to the socket once the microtasks have run.)
-      if (ready === null && next < end && !shouldStop()) {
+      // The target is busy with the open transactions: render the next batches meanwhile, one per
+      // turn of the event loop (after the queries above went out: they are written to the socket
+      // once the microtasks have run), until a transaction's worth or the head is done.
+      while (ready.length < perTransaction && next < end && !head.settled && !shouldStop()) {
         await new Promise((resolve) => setImmediate(resolve))
-        ready = renderNext()
+        const rendered = renderNext()
+        if (!rendered) break
+        ready.push(rendered)
       }
       try {
         await head.tx.executed
-        await head.tx.commit(sub.sync_key, head.batch.through)
+        await head.tx.commit(sub.sync_key, head.group[head.group.length - 1]!.batch.through)
       } catch (error) {
         failure = error
+        alone = head.group.length // which batch failed is found by delivering them one at a time
         break
       }
-      committed++
-      const ms = performance.now() - head.started
-      ctx.onBatch?.(sub, head.batch, true, ms)
-      done.push({ batch: head.batch, statements: head.statement === null ? 0 : 1, ms })
+      const ms = (performance.now() - head.started) / head.group.length
+      for (const { batch, statement } of head.group) {
+        committed++
+        ctx.onBatch?.(sub, batch, true, ms)
+        done.push({ batch, statements: statement === null ? 0 : 1, ms })
+      }
       if (done.length >= RECORD_EVERY) {
         const delivered = done.splice(0)
         recording = recording.then(() => recordDelivered(round, delivered))
@@ -410,8 +453,15 @@ async function deliverRun(round: Round, run: Batch[], shouldStop: () => boolean)
       { subscription: sub.name, err: (failure as Error).message },
       'batches lock the same rows in the target; one lane from now on',
     )
-  } else if (failure !== undefined && isTransient(failure)) return { committed, error: failure }
-  return { committed }
+  } else if (failure !== undefined && isTransient(failure)) return { committed, alone, error: failure }
+  return { committed, alone }
+}
+
+/** A batch rendered for deliverRun; bytes of its statement. */
+interface Rendered {
+  batch: Batch
+  statement: string | null
+  bytes: number
 }
 
 /** One lane: statements, checkpoint and COMMIT in one round trip, so nothing stays open. */

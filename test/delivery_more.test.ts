@@ -66,7 +66,6 @@ async function converged(home: FreshPg, target: FreshMysql, segmentId: string): 
   const [want, got] = await Promise.all([currentIds(home, segmentId), targetIds(target, segmentId)])
   return want.length === got.length && want.every((id, i) => id === got[i])
 }
-/** The subscription's snapshot (or any resync) was delivered: the home cursor passed resync_pos. */
 /**
  * Segment `segment` on `table`, the MariaDB consumer 'maria' (TARGET_URL), and an altcraft
  * subscription `name` on the segment with create_subscription's other named arguments `args`.
@@ -89,6 +88,7 @@ async function subscribe(
   return id
 }
 
+/** The subscription's snapshot (or any resync) was delivered: the home cursor passed resync_pos. */
 async function initialSyncDone(home: FreshPg, sub: string): Promise<boolean> {
   const [r] = await home.query(
     `select resync_pos is not null and cursor_pos >= resync_pos as done from segmenter.subscriptions where name = $1`,
@@ -460,6 +460,81 @@ test("statements are sized to the target's max_allowed_packet: split batches, ev
   assert.equal(log[0].rows, 1000)
   assert.ok(log[0].biggest < 1000)
   assert.equal(log[0].failed, 0, 'no failed round (an oversized statement would drop the connection)')
+})
+
+test('on one lane a backlog goes in groups of batches per target transaction, each batch its own statement; a rejected row in a group is still isolated', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  // A private server: COMMITs are counted server-wide.
+  const server = await freshMariadbServer()
+  defer(() => server.destroy())
+  const admin = await mysql.createConnection(server.url)
+  defer(() => admin.end())
+  await admin.query('create database tgt')
+  await admin.query('create table tgt.members (seg varchar(36) not null, member varchar(12) not null)')
+  await admin.query(`set global sql_mode = 'STRICT_ALL_TABLES'`)
+  const commits = async () => Number(((await admin.query(`show global status like 'Com_commit'`)) as any)[0][0].Value)
+  const rows = async () => Number(((await admin.query('select count(*) as n from tgt.members')) as any)[0][0].n)
+  await home.query(SEGMENT_DDL)
+  const env = { ...process.env, TARGET_URL: server.url.replace(/\/?$/, '/tgt') }
+  // Each batch keeps the target busy for 50 ms, so the next batches are rendered and waiting
+  // by the time a transaction commits.
+  const id = await subscribe(home, {
+    segment: 'g',
+    args: { add_sql: T.add + ';\ndo sleep(0.05)', remove_sql: T.remove, batch_size: 10 },
+  })
+  await startTestSidecar({ databaseUrl: home.url, pollIntervalMs: 200, env }, defer)
+  await until('initial sync', () => initialSyncDone(home, 'sub'))
+
+  await home.query(`select segmenter.pause('sub')`)
+  await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || lpad(g::text, 4, '0') from generate_series(1, 200) g`, [id])
+  const [{ n: logBefore }] = await home.query(`select coalesce(max(log_id), 0)::int as n from segmenter.log`)
+  const commitsBefore = await commits()
+  await home.query(`select segmenter.resume('sub')`)
+  await until('200 rows', async () => (await rows()) === 200, 30_000)
+  await until(
+    'home cursor',
+    async () => Number((await home.query(`select pending_changes from segmenter.status`))[0].pending_changes) === 0,
+  )
+  const grouped = (await commits()) - commitsBefore
+  assert.ok(grouped >= 2 && grouped <= 5, `20 batches in ${grouped} target transactions`)
+  const log = await home.query(
+    `select statements, rows::int, ok from segmenter.log where kind = 'batch' and event = 'add' and log_id > $1`,
+    [logBefore],
+  )
+  assert.equal(log.length, 20, 'every batch recorded')
+  assert.ok(
+    log.every((r) => r.statements === 1 && r.rows === 10 && r.ok),
+    `one statement of 10 members per batch: ${JSON.stringify(log)}`,
+  )
+  const [delivered] = (await admin.query('select member from tgt.members where seg = ? order by member', [id])) as any
+  assert.deepEqual(
+    delivered.map((r: { member: string }) => r.member),
+    await currentIds(home, id),
+    'the target holds each member once',
+  )
+
+  // A member the target rejects, in the middle of a backlog: its group rolls back whole, its
+  // batches go again one by one, the rejected member is split out and dead-lettered.
+  await home.query(`select segmenter.pause('sub')`)
+  await home.query(
+    `insert into test_segment (segment_id, id) select $1, case when g = 57 then 'much-too-long-id' else 'n' || lpad(g::text, 4, '0') end
+     from generate_series(1, 100) g`,
+    [id],
+  )
+  await home.query(`select segmenter.resume('sub')`)
+  const dead = await until('dead letter', async () => (await home.query(`select member_id, error from segmenter.dead_letters`))[0], 30_000)
+  assert.equal(dead.member_id, 'much-too-long-id')
+  await until('299 rows', async () => (await rows()) === 299, 30_000)
+  await until(
+    'home cursor',
+    async () => Number((await home.query(`select pending_changes from segmenter.status`))[0].pending_changes) === 0,
+  )
+  const [[{ n, d }]] = (await admin.query(
+    `select count(*) as n, count(distinct member) as d from tgt.members where member like 'n%'`,
+  )) as any
+  assert.deepEqual([Number(n), Number(d)], [99, 99], 'every other member of the backlog once')
 })
 
 test('Postgres as a target: the seed scenario including clear, and the checkpoint row in the target', async (t) => {
