@@ -12,7 +12,9 @@
 //     see `steal` in the CPU figures);
 //  2. latency: batch_size 1, one-row commits one at a time; commit (JS clock when the INSERT
 //     returned) → the target row's NOW(6) written by the template (same machine, same clock);
-//  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members.
+//  3. memory: peak RSS (VmHWM) of `segmenter run` as a child process during a resync of N members;
+//  4. small batches: 20,000 one-member batches waiting behind a paused subscription, drained on
+//     resume, vs the same rows as single-row INSERTs, one at a time (R rounds).
 // Usage: node --import tsx bench/delivery.ts [members=1000000] [batch=1000] [latency_commits=200] [rounds=3] [lanes=1,2]
 import { spawn, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
@@ -24,6 +26,7 @@ const batch = Number(process.argv[3] ?? 1000)
 const latencyCommits = Number(process.argv[4] ?? 200)
 const rounds = Number(process.argv[5] ?? 3)
 const laneSettings = (process.argv[6] ?? '1,2').split(',').map(Number)
+const SMALL = 20_000
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const progress = (msg: string) => process.stderr.write(`[delivery] ${msg}\n`)
@@ -156,7 +159,7 @@ for (let r = 1; r <= rounds; r++) {
     pipeRounds.get(lanes)!.push(await pipelineRound(r, lanes, r === rounds && k === order.length - 1))
   }
 }
-const perSecond = (ms: number) => Math.round(members / (ms / 1000))
+const perSecond = (ms: number, rows = members) => Math.round(rows / (ms / 1000))
 /** One lanes setting's rounds against the raw rounds they ran with. */
 const pipelineFigures = (pipe: Array<Awaited<ReturnType<typeof pipelineRound>>>) => {
   const ratios = rawRounds.map((raw, i) => raw.ms / pipe[i]!.ms)
@@ -208,6 +211,39 @@ for (let i = 0; i < latencyCommits; i++) {
     await sleep(1)
   }
 }
+
+// 4. A backlog of one-member batches -------------------------------------------------------------
+// batch_size 1 (what low latency asks for) after a pause or an outage: the changes wait, then
+// drain. Baseline: the same rows written one INSERT (and commit) at a time.
+progress(`small batches: ${SMALL} one-member batches, ${rounds} rounds`)
+const small: Array<{ rawMs: number; drainMs: number }> = []
+for (let r = 1; r <= rounds; r++) {
+  await targetTable('small_raw')
+  const rawStart = performance.now()
+  for (let g = 1; g <= SMALL; g++)
+    await target.conn.query(
+      `INSERT INTO small_raw (segId, clientId, email, updated) VALUES ('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`,
+    )
+  const rawMs = performance.now() - rawStart
+  await target.conn.query('drop table small_raw')
+  const name = `bench_small_${r}`
+  const seg = await segment(name)
+  await targetTable('small')
+  const sub = await subscribe(`small_${r}`, name, 'small', 1)
+  await drained(sub)
+  await q(`select segmenter.pause($1)`, [`small_${r}`])
+  await q(
+    `insert into ${name} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
+    [seg, SMALL],
+  )
+  const drainStart = performance.now()
+  await q(`select segmenter.resume($1)`, [`small_${r}`])
+  await drained(sub)
+  small.push({ rawMs, drainMs: performance.now() - drainStart })
+  if ((await count('small')) !== SMALL) throw new Error('small batches lost or duplicated rows')
+  await q(`select segmenter.drop_subscription($1)`, [`small_${r}`])
+  await target.conn.query('drop table small')
+}
 await stopRun(sidecar)
 
 // 3. Memory during a resync, in a separate process ---------------------------------------------
@@ -249,6 +285,13 @@ console.log(
         p99: round(percentile(latencies, 99), 1),
         target_p50: 20,
         target_p99: 100,
+      },
+      small_batches: {
+        members: SMALL,
+        batch_size: 1,
+        raw_single_row_inserts_rows_per_s: small.map((x) => perSecond(x.rawMs, SMALL)),
+        drain_rows_per_s: small.map((x) => perSecond(x.drainMs, SMALL)),
+        drain_ratio: round(median(small.map((x) => x.rawMs / x.drainMs)), 2),
       },
       resync: {
         members,
