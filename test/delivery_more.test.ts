@@ -88,6 +88,24 @@ async function subscribe(
   return id
 }
 
+/**
+ * A fresh home with the seed's segment table and a private MariaDB server (its global settings
+ * and counters are the test's own) with a database `tgt` holding `members (membersColumns)`.
+ * `url` is the target's URL for the consumer's TARGET_URL.
+ */
+async function privateTarget(defer: ReturnType<typeof deferrer>, membersColumns: string) {
+  const home = await freshPg()
+  defer(() => home.close())
+  const server = await freshMariadbServer()
+  defer(() => server.destroy())
+  const admin = await mysql.createConnection(server.url)
+  defer(() => admin.end())
+  await admin.query('create database tgt')
+  await admin.query(`create table tgt.members (${membersColumns})`)
+  await home.query(SEGMENT_DDL)
+  return { home, admin, url: server.url.replace(/\/?$/, '/tgt') }
+}
+
 /** The subscription's snapshot (or any resync) was delivered: the home cursor passed resync_pos. */
 async function initialSyncDone(home: FreshPg, sub: string): Promise<boolean> {
   const [r] = await home.query(
@@ -417,22 +435,13 @@ test('an integer id still reaches templates as a number', async (t) => {
 
 test("statements are sized to the target's max_allowed_packet: split batches, every row, no dead letters", async (t) => {
   const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const server = await freshMariadbServer()
-  defer(() => server.destroy())
-  const admin = await mysql.createConnection(server.url)
-  await admin.query('create database tgt')
-  await admin.query('create table tgt.members (member varchar(64) not null, payload varchar(255) not null)')
+  const { home, admin, url } = await privateTarget(defer, 'member varchar(64) not null, payload varchar(255) not null')
   await admin.query('set global max_allowed_packet = 16384')
-  await admin.end()
-  const url = server.url.replace(/\/?$/, '/tgt')
   const check = await mysql.createConnection(url)
   defer(() => check.end())
   const [[{ packet }]] = (await check.query('select @@max_allowed_packet as packet')) as any
   assert.equal(Number(packet), 16384, 'new connections see the small packet limit')
 
-  await home.query(SEGMENT_DDL)
   const [{ id }] = await home.query(`select segmenter.create_segment('wide', 'public.test_segment') as id`)
   await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL')`)
   await home.query(`select segmenter.create_subscription(name => 'wide', consumer => 'maria', segments => array['wide'], syntax => 'altcraft', batch_size => 1000,
@@ -464,20 +473,12 @@ test("statements are sized to the target's max_allowed_packet: split batches, ev
 
 test('on one lane a backlog goes in groups of batches per target transaction, each batch its own statement; a rejected row in a group is still isolated', async (t) => {
   const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
   // A private server: COMMITs are counted server-wide.
-  const server = await freshMariadbServer()
-  defer(() => server.destroy())
-  const admin = await mysql.createConnection(server.url)
-  defer(() => admin.end())
-  await admin.query('create database tgt')
-  await admin.query('create table tgt.members (seg varchar(36) not null, member varchar(12) not null)')
+  const { home, admin, url } = await privateTarget(defer, 'seg varchar(36) not null, member varchar(12) not null')
   await admin.query(`set global sql_mode = 'STRICT_ALL_TABLES'`)
   const commits = async () => Number(((await admin.query(`show global status like 'Com_commit'`)) as any)[0][0].Value)
   const rows = async () => Number(((await admin.query('select count(*) as n from tgt.members')) as any)[0][0].n)
-  await home.query(SEGMENT_DDL)
-  const env = { ...process.env, TARGET_URL: server.url.replace(/\/?$/, '/tgt') }
+  const env = { ...process.env, TARGET_URL: url }
   // Each batch keeps the target busy for 50 ms, so the next batches are rendered and waiting
   // by the time a transaction commits.
   const id = await subscribe(home, {
