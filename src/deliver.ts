@@ -71,6 +71,10 @@ export async function deliverSubscription(
   const lockClient = await ctx.pool.connect()
   let locked = false
   let ahead: Promise<Window | null> | null = null
+  // Log rows of batches the target committed, still being written home while the next window goes.
+  let recording: Promise<void> = Promise.resolve()
+  // The sink that delivered the previous window of this call, whose checkpoint it knows.
+  let lastWindowSink: Sink | null = null
   let failure: Error | undefined
   try {
     locked = (await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2::int) as ok', [LOCK_CLASS, subscriptionId]))
@@ -78,7 +82,12 @@ export async function deliverSubscription(
     if (!locked) return { kind: 'busy' }
     for (;;) {
       if (shouldStop()) return { kind: 'idle' }
-      const [, sub] = await Promise.all([ctx.pool.query('select segmenter.sequence_changes()'), loadSubscription(ctx.pool, subscriptionId)])
+      // Between windows the target waits for these round trips: they go together.
+      const [, sub] = await Promise.all([
+        ctx.pool.query('select segmenter.sequence_changes()'),
+        loadSubscription(ctx.pool, subscriptionId),
+        recording,
+      ])
       if (!sub || sub.state !== 'active') return { kind: 'idle' }
       let sink: Sink
       try {
@@ -89,7 +98,11 @@ export async function deliverSubscription(
       }
       let from: Checkpoint
       try {
-        from = (await sink.checkpoint(sub.sync_key)) ?? { pos: 0n, ord: 0 }
+        // The advisory lock has been held since this call began, so no one else moved the target's
+        // checkpoint since this sink committed it: read back only at the start (a round trip per
+        // window, with the target idle, at 10,000 members a window).
+        const known = sink === lastWindowSink ? sink.lastCommitted(sub.sync_key) : null
+        from = known ?? (await sink.checkpoint(sub.sync_key)) ?? { pos: 0n, ord: 0 }
       } catch (error) {
         await dropSink(ctx, sub.subscription_id)
         await recordFailure(ctx, sub, error)
@@ -115,7 +128,7 @@ export async function deliverSubscription(
       const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
-      const round: Round = { ctx, sink, sub, segments, members }
+      const round: Round = { ctx, sink, sub, segments, members, recording }
       // A full window means more is waiting: read it while this one is applied. Not for windows
       // of big batches: they amortize their own read, and a second one would double the memory.
       if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
@@ -135,14 +148,18 @@ export async function deliverSubscription(
             alone = result.alone
           }
           // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
+          await round.recording
           for (const stop = i + alone; i < stop && !shouldStop(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
+          recording = round.recording
           if (!isTransient(error)) throw error
           await dropSink(ctx, sub.subscription_id)
           await record(round, batches[i]!, 0, false, error, false)
           return { kind: 'retry', error }
         }
       }
+      recording = round.recording
+      lastWindowSink = sink
       if (shouldStop()) return { kind: 'idle' }
       if (plan.waitMs !== null) return { kind: 'wait', ms: plan.waitMs }
     }
@@ -151,10 +168,17 @@ export async function deliverSubscription(
     throw error
   } finally {
     await ahead
+    // Written before the lock goes: the next holder reads the home cursor these rows move.
+    const recordError = await recording.then(
+      () => undefined,
+      (e: unknown) => e,
+    )
     // After a failure the client may be mid-query on a dead connection: it is discarded (which
     // also ends its session and so the advisory lock) instead of going back to the pool.
     if (locked && !failure) await lockClient.query('select pg_advisory_unlock($1, $2::int)', [LOCK_CLASS, subscriptionId]).catch(() => {})
     lockClient.release(failure)
+    // Unless the round failed anyway: the round's own error says more than the log's.
+    if (recordError !== undefined && failure === undefined) throw recordError
   }
 }
 
@@ -280,6 +304,12 @@ interface Round {
   sub: SubscriptionRow
   segments: Map<string, SegmentInfo>
   members: MemberRows
+  /**
+   * The log rows of committed batches, written home in order; a window's last ones still while
+   * the next window goes (the target would otherwise wait for them). Awaited before a batch is
+   * delivered on its own, whose record must follow them, and before the call returns.
+   */
+  recording: Promise<void>
 }
 
 /**
@@ -362,7 +392,6 @@ async function deliverRun(
   let alone = 1
   let failure: unknown
   const done: Delivered[] = [] // committed, not yet recorded at home
-  let recording: Promise<void> = Promise.resolve()
   /** The next batch, rendered; null where the run ends before it. */
   const renderNext = (): Rendered | null => {
     if (next >= end) return null
@@ -437,14 +466,14 @@ async function deliverRun(
       }
       if (done.length >= RECORD_EVERY) {
         const delivered = done.splice(0)
-        recording = recording.then(() => recordDelivered(round, delivered))
-        recording.catch(() => {}) // rethrown where it is awaited, below
+        round.recording = round.recording.then(() => recordDelivered(round, delivered))
+        round.recording.catch(() => {}) // rethrown where it is awaited
       }
     }
   } finally {
     await Promise.all(open.map((o) => o.tx.rollback()))
-    await recording
-    await recordDelivered(round, done)
+    round.recording = round.recording.then(() => recordDelivered(round, done))
+    round.recording.catch(() => {}) // rethrown where it is awaited
   }
   if (failure !== undefined && lanes > 1 && isLockConflict(failure)) {
     // The template makes batches touch the same rows: open together they would only wait on each other.

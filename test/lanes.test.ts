@@ -65,6 +65,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
     await first.commit('lanes', { pos: 10n, ord: 2 })
     assert.deepEqual(await rows(), ['a1'])
     assert.deepEqual(await sink.checkpoint('lanes'), { pos: 10n, ord: 2 })
+    assert.deepEqual(sink.lastCommitted('lanes'), { pos: 10n, ord: 2 }, 'the sink knows what it committed without reading it back')
     // The sidecar dies here: the second batch was executed but never committed.
     await sink.close()
     await until('the dead connection is gone', async () => (await openTransactions()) === 0, 10_000)
@@ -73,6 +74,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
       kind === 'mysql' ? await openMysqlSink(target.url, 'mysql', { lanes: 2 }) : await openPostgresSink(target.url, 'postgres')
     defer(() => reopened.close())
     assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 10n, ord: 2 }, 'a restart resumes right after the committed batch')
+    assert.equal(reopened.lastCommitted('lanes'), null, 'a new sink has committed nothing: its checkpoint is read from the target')
 
     // A failed statement rolls its transaction back and frees the lane for the next one.
     const bad = reopened.begin(['insert into no_such_table values (1)'])
@@ -82,6 +84,11 @@ for (const kind of ['mysql', 'postgres'] as const) {
     await after.executed
     await after.commit('lanes', { pos: 11n, ord: 1 })
     assert.deepEqual(await rows(), ['a1', 'c1'])
+    // apply() (one lane's whole transaction) knows its checkpoint too; a rejected one moves nothing.
+    await reopened.apply([insert('d1')], 'lanes', { pos: 12n, ord: 1 })
+    await assert.rejects(reopened.apply(['insert into no_such_table values (1)'], 'lanes', { pos: 13n, ord: 1 }))
+    assert.deepEqual(reopened.lastCommitted('lanes'), { pos: 12n, ord: 1 })
+    assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 12n, ord: 1 })
   })
 }
 

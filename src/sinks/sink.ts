@@ -29,6 +29,11 @@ export interface Sink {
   readonly lanes: number
   /** The target's checkpoint for this subscription, or null if it has none yet. */
   checkpoint(syncKey: string): Promise<Checkpoint | null>
+  /**
+   * The checkpoint this sink last committed for the subscription (null if none): what
+   * checkpoint() reads, as long as nothing else writes it.
+   */
+  lastCommitted(syncKey: string): Checkpoint | null
   /** Run the statements and move the checkpoint, all in one target transaction, in one round trip. */
   apply(statements: string[], syncKey: string, to: Checkpoint): Promise<void>
   /** Open a transaction on a free lane and run the statements in it, uncommitted. */
@@ -67,6 +72,7 @@ export interface SqlTarget<C> {
 
 export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
   const free: C[] = [first]
+  const committed = new Map<string, Checkpoint>()
   let opened = 1
   const all = new Set<C>([first])
 
@@ -117,6 +123,7 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
         release(conn, ok)
       }
     },
+    lastCommitted: (syncKey) => committed.get(syncKey) ?? null,
     async apply(statements, syncKey, to) {
       const conn = await acquire()
       try {
@@ -125,6 +132,7 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
         release(conn, await rollbackOn(conn))
         throw err
       }
+      committed.set(syncKey, to)
       release(conn, true)
     },
     begin(statements) {
@@ -153,6 +161,7 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
             release(conn!, await rollbackOn(conn!))
             throw err
           }
+          committed.set(syncKey, to)
           release(conn!, true)
         },
         async rollback() {
