@@ -462,7 +462,14 @@ async function deliverRun(
       for (const { batch, statement } of head.group) {
         committed++
         ctx.onBatch?.(sub, batch, true, ms)
-        done.push({ batch, statements: statement === null ? 0 : 1, ms })
+        done.push({
+          segmentId: batch.segmentId,
+          event: batch.event,
+          rows: batch.events.length,
+          through: batch.through,
+          statements: statement === null ? 0 : 1,
+          ms,
+        })
       }
       if (done.length >= RECORD_EVERY) {
         const delivered = done.splice(0)
@@ -523,8 +530,12 @@ async function deadLetter(round: Round, batch: Batch, statement: string | null, 
   await record(round, batch, 0, false, error)
 }
 
+/** What the log keeps of a committed batch (not the batch: its members need not outlive it). */
 interface Delivered {
-  batch: Batch
+  segmentId: string
+  event: Batch['event']
+  rows: number
+  through: Checkpoint
   statements: number
   ms: number
 }
@@ -538,12 +549,12 @@ async function recordDelivered({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, done: D
        events => $5::segmenter.event[], statements => $6::int[], rows => $7::bigint[], duration_ms => $8::float8[])`,
     [
       sub.subscription_id,
-      last.batch.through.pos.toString(),
-      last.batch.through.ord,
-      done.map((d) => d.batch.segmentId),
-      done.map((d) => d.batch.event),
+      last.through.pos.toString(),
+      last.through.ord,
+      done.map((d) => d.segmentId),
+      done.map((d) => d.event),
       done.map((d) => d.statements),
-      done.map((d) => d.batch.events.length),
+      done.map((d) => d.rows),
       done.map((d) => d.ms),
     ],
   )
