@@ -10,6 +10,9 @@ const types = {
   },
 }
 
+/** How the pool parses a value of the type `oid` sent as text. */
+export const typeParser = (oid: number): ((text: string) => unknown) => types.getTypeParser(oid, 'text')
+
 export function createPool(connectionString: string, max = 10): pg.Pool {
   const pool = new pg.Pool({
     connectionString,

@@ -1,0 +1,63 @@
+// The member rows a delivery window reads (src/read.ts), against the same rows read the usual way.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import type { PendingEvent } from '../src/batch.js'
+import { createPool, endPool } from '../src/db.js'
+import { loadMemberRows, loadSegments } from '../src/read.js'
+import { freshPg } from './harness/db.js'
+
+test('member rows read a column at a time are the values pg parses from whole rows, for every kind of column', async (t) => {
+  const home = await freshPg()
+  const pool = createPool(home.url)
+  t.after(async () => {
+    await endPool(pool)
+    await home.close()
+  })
+  await home.query(`create table public.kinds (segment_id uuid not null, id text not null,
+      t text, v varchar(10), c char(5), u uuid, nm name, i2 int2, i4 int4, i8 int8, n numeric, f8 float8, f4 float4,
+      b bool, ts timestamp, tstz timestamptz, d date, ip inet, j json, jb jsonb, ta text[], ia int4[], by bytea, iv interval,
+      actual_begin timestamptz not null default now(), actual_end timestamptz not null default 'infinity',
+      processed timestamptz not null default now());
+    create index on kinds (segment_id, id)`)
+  const [{ id: seg }] = await home.query(`select segmenter.create_segment('kinds', 'public.kinds') as id`)
+  await home.query(
+    `insert into kinds (segment_id, id, t, v, c, u, nm, i2, i4, i8, n, f8, f4, b, ts, tstz, d, ip, j, jb, ta, ia, by, iv)
+     values ($1, 'full', $2, 'v ', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'nm', -3, 2147483647, 9007199254740993,
+             12345678901234567890.123456789, 'NaN', 1.5, false, '2026-01-02 03:04:05.123456', '2026-01-02 03:04:05.123456+02',
+             '2026-01-02', '10.0.0.1', '{"a": [1, "x"], "s": "\\u00e9"}', '{"b": null}', array['x', null, 'y "z"'],
+             array[1, 2], '\\x00ff', '1 day 02:03:04'),
+            ($1, 'nulls', null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null,
+             null, null, null, null, null, null)`,
+    [seg, `it's "q" \\ \\\n\r\t 😀 {x} {{it.y}} ${'\u00e9'}`],
+  )
+  // A member that left: its latest closed row comes from the fallback probe.
+  await home.query(
+    `insert into kinds (segment_id, id, t, actual_end) values ($1, 'gone', 'old', now() - interval '1 day'),
+    ($1, 'gone', 'latest', now())`,
+    [seg],
+  )
+  const segments = await loadSegments(pool, [seg])
+  const ids = ['full', 'nulls', 'gone', 'absent']
+  const events = ids.map((memberId, i): PendingEvent => ({
+    pos: 1n,
+    ord: i + 1,
+    ageMs: 0,
+    segmentId: seg,
+    event: 'add',
+    memberId,
+    row: null,
+  }))
+  const expected = async (id: string) =>
+    (await pool.query(`select * from kinds where id = $1 order by actual_end desc limit 1`, [id])).rows[0]
+
+  const all = (await loadMemberRows(pool, segments, events)).get(seg)!
+  for (const id of ['full', 'nulls', 'gone']) assert.deepEqual(all.get(id), await expected(id), id)
+  assert.equal(all.get('gone')!.t, 'latest')
+  assert.equal(all.has('absent'), false, 'a member without any row has none')
+
+  // Only the columns the templates name (and id), in any order.
+  const some = (await loadMemberRows(pool, segments, events, () => ['n', 'id', 'c', 'ip'])).get(seg)!
+  const full = await expected('full')
+  assert.deepEqual(some.get('full'), { n: full.n, id: 'full', c: full.c, ip: full.ip })
+  assert.deepEqual(Object.keys(some.get('nulls')!), ['n', 'id', 'c', 'ip'])
+})
