@@ -142,7 +142,7 @@ export interface SegmentInfo {
   table_name: string
   id_type: string
   columns: string[] // of the segment table, in order
-  column_types: number[] // their type OIDs
+  column_types: number[] // their type OIDs, a domain's base type's (as Postgres describes a row's columns)
 }
 
 export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<Map<string, SegmentInfo>> {
@@ -150,7 +150,11 @@ export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<M
   const { rows } = await db.query<SegmentInfo>(
     `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type,
             array(select attname::text from pg_attribute where attrelid = table_name and attnum > 0 and not attisdropped order by attnum) as columns,
-            array(select atttypid::int from pg_attribute where attrelid = table_name and attnum > 0 and not attisdropped order by attnum) as column_types
+            array(select (with recursive d (t, base) as (
+                            select a.atttypid, y.typbasetype from pg_type y where y.oid = a.atttypid
+                            union all select d.base, y.typbasetype from d join pg_type y on y.oid = d.base where d.base <> 0)
+                          select t::int from d where base = 0)
+                  from pg_attribute a where a.attrelid = table_name and a.attnum > 0 and not a.attisdropped order by a.attnum) as column_types
      from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
     [segmentIds],
   )
@@ -263,8 +267,8 @@ function rowsOf(segment: SegmentInfo, columns: string[], result: Record<string, 
     const row: Record<string, unknown> = {}
     for (let i = 0; i < columns.length; i++) {
       const v = values[i]![k]
-      const parse = parsers[i]!
-      row[columns[i]!] = v === null || parse === null ? v : parse(v as string)
+      const parse = parsers[i]
+      row[columns[i]!] = v === null || !parse ? v : parse(v as string)
     }
     rows.push(row)
   }

@@ -13,7 +13,9 @@ test('member rows read a column at a time are the values pg parses from whole ro
     await endPool(pool)
     await home.close()
   })
-  await home.query(`create table public.kinds (segment_id uuid not null, id text not null,
+  await home.query(`create domain positive as int4 check (value > 0); create domain small as positive check (value < 10);
+    create type mood as enum ('ok', 'sad')`)
+  await home.query(`create table public.kinds (segment_id uuid not null, id text not null, dm positive, dd small, en mood,
       t text, v varchar(10), c char(5), u uuid, nm name, i2 int2, i4 int4, i8 int8, n numeric, f8 float8, f4 float4,
       b bool, ts timestamp, tstz timestamptz, d date, ip inet, j json, jb jsonb, ta text[], ia int4[], by bytea, iv interval,
       actual_begin timestamptz not null default now(), actual_end timestamptz not null default 'infinity',
@@ -21,12 +23,12 @@ test('member rows read a column at a time are the values pg parses from whole ro
     create index on kinds (segment_id, id)`)
   const [{ id: seg }] = await home.query(`select segmenter.create_segment('kinds', 'public.kinds') as id`)
   await home.query(
-    `insert into kinds (segment_id, id, t, v, c, u, nm, i2, i4, i8, n, f8, f4, b, ts, tstz, d, ip, j, jb, ta, ia, by, iv)
-     values ($1, 'full', $2, 'v ', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'nm', -3, 2147483647, 9007199254740993,
+    `insert into kinds (segment_id, id, dm, dd, en, t, v, c, u, nm, i2, i4, i8, n, f8, f4, b, ts, tstz, d, ip, j, jb, ta, ia, by, iv)
+     values ($1, 'full', 7, 3, 'sad', $2, 'v ', 'ab', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'nm', -3, 2147483647, 9007199254740993,
              12345678901234567890.123456789, 'NaN', 1.5, false, '2026-01-02 03:04:05.123456', '2026-01-02 03:04:05.123456+02',
              '2026-01-02', '10.0.0.1', '{"a": [1, "x"], "s": "\\u00e9"}', '{"b": null}', array['x', null, 'y "z"'],
              array[1, 2], '\\x00ff', '1 day 02:03:04'),
-            ($1, 'nulls', null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null,
+            ($1, 'nulls', null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null, null,
              null, null, null, null, null, null)`,
     [seg, `it's "q" \\ \\\n\r\t 😀 {x} {{it.y}} ${'\u00e9'}`],
   )
