@@ -71,8 +71,9 @@ export async function deliverSubscription(
   const lockClient = await ctx.pool.connect()
   let locked = false
   let ahead: Promise<Window | null> | null = null
-  // Log rows of batches the target committed, still being written home while the next window goes.
-  let recording: Promise<void> = Promise.resolve()
+  // Log rows of batches the target committed, still being written home while the next window goes;
+  // shared by every window's Round.
+  const logRows: LogRows = { written: Promise.resolve() }
   // The sink that delivered the previous window of this call, whose checkpoint it knows.
   let lastWindowSink: Sink | null = null
   let failure: Error | undefined
@@ -86,7 +87,7 @@ export async function deliverSubscription(
       const [, sub] = await Promise.all([
         ctx.pool.query('select segmenter.sequence_changes()'),
         loadSubscription(ctx.pool, subscriptionId),
-        recording,
+        logRows.written,
       ])
       if (!sub || sub.state !== 'active') return { kind: 'idle' }
       let sink: Sink
@@ -128,7 +129,7 @@ export async function deliverSubscription(
       const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
-      const round: Round = { ctx, sink, sub, segments, members, recording }
+      const round: Round = { ctx, sink, sub, segments, members, logRows }
       // A full window means more is waiting: read it while this one is applied. Not for windows
       // of big batches: they amortize their own read, and a second one would double the memory.
       if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
@@ -148,17 +149,15 @@ export async function deliverSubscription(
             alone = result.alone
           }
           // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
-          await round.recording
+          await logRows.written
           for (const stop = i + alone; i < stop && !shouldStop(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
-          recording = round.recording
           if (!isTransient(error)) throw error
           await dropSink(ctx, sub.subscription_id)
           await record(round, batches[i]!, 0, false, error, false)
           return { kind: 'retry', error }
         }
       }
-      recording = round.recording
       lastWindowSink = sink
       if (shouldStop()) return { kind: 'idle' }
       if (plan.waitMs !== null) return { kind: 'wait', ms: plan.waitMs }
@@ -169,7 +168,7 @@ export async function deliverSubscription(
   } finally {
     await ahead
     // Written before the lock goes: the next holder reads the home cursor these rows move.
-    const recordError = await recording.then(
+    const recordError = await logRows.written.then(
       () => undefined,
       (e: unknown) => e,
     )
@@ -304,12 +303,23 @@ interface Round {
   sub: SubscriptionRow
   segments: Map<string, SegmentInfo>
   members: MemberRows
-  /**
-   * The log rows of committed batches, written home in order; a window's last ones still while
-   * the next window goes (the target would otherwise wait for them). Awaited before a batch is
-   * delivered on its own, whose record must follow them, and before the call returns.
-   */
-  recording: Promise<void>
+  logRows: LogRows
+}
+
+/**
+ * The log rows of committed batches, written home in order; a window's last ones still while the
+ * next window goes (the target would otherwise wait for them). Awaited before a batch is delivered
+ * on its own, whose record must follow them, and before the delivery call returns.
+ */
+interface LogRows {
+  written: Promise<void>
+}
+
+/** Queue `done` after the log rows already on their way; a failure is rethrown where `written` is awaited. */
+function queueLogRows(round: Round, done: Delivered[]): void {
+  const { logRows } = round
+  logRows.written = logRows.written.then(() => recordDelivered(round, done))
+  logRows.written.catch(() => {})
 }
 
 /**
@@ -472,15 +482,12 @@ async function deliverRun(
         })
       }
       if (done.length >= RECORD_EVERY) {
-        const delivered = done.splice(0)
-        round.recording = round.recording.then(() => recordDelivered(round, delivered))
-        round.recording.catch(() => {}) // rethrown where it is awaited
+        queueLogRows(round, done.splice(0))
       }
     }
   } finally {
     await Promise.all(open.map((o) => o.tx.rollback()))
-    round.recording = round.recording.then(() => recordDelivered(round, done))
-    round.recording.catch(() => {}) // rethrown where it is awaited
+    queueLogRows(round, done)
   }
   if (failure !== undefined && lanes > 1 && isLockConflict(failure)) {
     // The template makes batches touch the same rows: open together they would only wait on each other.

@@ -149,13 +149,16 @@ export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<M
   // The latest definition, current or retired: a retired segment's last events still render.
   const { rows } = await db.query<SegmentInfo>(
     `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type,
-            array(select attname::text from pg_attribute where attrelid = table_name and attnum > 0 and not attisdropped order by attnum) as columns,
-            array(select (with recursive d (t, base) as (
-                            select a.atttypid, y.typbasetype from pg_type y where y.oid = a.atttypid
-                            union all select d.base, y.typbasetype from d join pg_type y on y.oid = d.base where d.base <> 0)
-                          select t::int from d where base = 0)
-                  from pg_attribute a where a.attrelid = table_name and a.attnum > 0 and not a.attisdropped order by a.attnum) as column_types
-     from segmenter.segments where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
+            c.columns, c.column_types
+     from segmenter.segments
+     cross join lateral (
+       select array_agg(a.attname::text order by a.attnum) as columns,
+              array_agg((with recursive d (t, base) as (
+                           select a.atttypid, y.typbasetype from pg_type y where y.oid = a.atttypid
+                           union all select d.base, y.typbasetype from d join pg_type y on y.oid = d.base where d.base <> 0)
+                         select t::int from d where base = 0) order by a.attnum) as column_types
+       from pg_attribute a where a.attrelid = table_name and a.attnum > 0 and not a.attisdropped) c
+     where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
     [segmentIds],
   )
   return new Map(rows.map((r) => [r.segment_id, r]))
