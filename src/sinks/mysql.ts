@@ -8,6 +8,19 @@ import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
 const CHECKPOINT_TABLE = 'segmenter_checkpoint'
 
+// The renderer writes literals for the server's default quoting rules: a backslash escapes, and
+// "..." is a string. NO_BACKSLASH_ESCAPES would make a rendered `\'` end the string early, and
+// ANSI_QUOTES (also part of ANSI) would turn a template's "{$lead.X}" into an identifier; the
+// session drops both, whatever the server's or the account's defaults are. Every other mode
+// (strictness, PIPES_AS_CONCAT, ...) stays as configured.
+const QUOTING_MODES_DROPPED = new Set(['NO_BACKSLASH_ESCAPES', 'ANSI_QUOTES', 'ANSI'])
+
+async function setQuotingModes(conn: mysql.Connection): Promise<void> {
+  const [[{ mode }]] = (await conn.query('select @@session.sql_mode as mode')) as unknown as [[{ mode: string }]]
+  const kept = mode.split(',').filter((m) => m !== '' && !QUOTING_MODES_DROPPED.has(m))
+  await conn.query(`set session sql_mode = ${literal(kept.join(','), 'mysql')}`)
+}
+
 export async function openMysqlSink(
   url: string,
   dialect: Dialect,
@@ -27,6 +40,7 @@ export async function openMysqlSink(
       queryFormat: (sql: string) => sql,
     })
     conn.on('error', () => {}) // a dropped idle connection; the next query fails and is retried
+    await setQuotingModes(conn)
     return conn
   }
   const first = await connect()

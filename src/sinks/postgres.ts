@@ -20,6 +20,11 @@ export async function openPostgresSink(
     const client = new pg.Client({ connectionString: url })
     client.on('error', () => {}) // surfaced by the next query instead of crashing the sidecar
     await client.connect()
+    // The renderer writes literals for standard_conforming_strings = on (a backslash is an
+    // ordinary character in '...'; E'...' where it escapes). Off (old installations), a member id
+    // with a backslash and a quote could end a literal early: the session sets it, whatever the
+    // server's, database's or role's default is.
+    await client.query('set standard_conforming_strings = on')
     return client
   }
   const first = await connect()
