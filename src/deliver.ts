@@ -4,7 +4,8 @@
 import type pg from 'pg'
 import type { Logger } from 'pino'
 import { compact, MEMBER_EVENTS, planFlush, toBatches, type Batch, type FlushPlan, type PendingEvent } from './batch.js'
-import { compileTemplate, type CompiledTemplate, type Dialect } from './render/index.js'
+import { SegmenterError } from './errors.js'
+import { compileTemplate, TemplateError, type CompiledTemplate, type Dialect } from './render/index.js'
 import {
   columnsFor,
   loadMemberRows,
@@ -18,11 +19,12 @@ import {
 } from './read.js'
 import {
   compareCheckpoints,
+  consumerFingerprint,
+  isFenced,
   isLockConflict,
   isTransient,
   openSink,
   type Checkpoint,
-  type ConsumerRow,
   type OpenTransaction,
   type Sink,
 } from './sinks/index.js'
@@ -61,6 +63,7 @@ export type RoundResult =
   | { kind: 'busy' } // another sidecar holds it
   | { kind: 'wait'; ms: number } // a partial batch waits for its timeout
   | { kind: 'retry'; error: unknown } // the target is unreachable; try again after a backoff
+  | { kind: 'held'; error: string } // held in an error state (segmenter.hold_subscription) until its cause is fixed
 
 /** Deliver everything that is due for one subscription. */
 export async function deliverSubscription(
@@ -70,40 +73,63 @@ export async function deliverSubscription(
 ): Promise<RoundResult> {
   const lockClient = await ctx.pool.connect()
   let locked = false
+  // The advisory lock lives as long as this session: a session the server ended (a DBA's
+  // pg_terminate_backend, idle_session_timeout, a failover) lost it, and another sidecar may hold
+  // it now. Nothing more is sent from here on; the fence stops what was already on its way.
+  let lockLost = false
+  const onLockLost = () => (lockLost = true)
+  lockClient.on('error', onLockLost)
+  lockClient.on('end', onLockLost)
+  const stopped = () => lockLost || shouldStop()
   let ahead: Promise<Window | null> | null = null
   // Log rows of batches the target committed, still being written home while the next window goes;
   // shared by every window's Round.
   const logRows: LogRows = { written: Promise.resolve() }
   // The sink that delivered the previous window of this call, whose checkpoint it knows.
   let lastWindowSink: Sink | null = null
+  let home: HomeIdentity | null = null
   let failure: Error | undefined
   try {
     locked = (await lockClient.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2::int) as ok', [LOCK_CLASS, subscriptionId]))
       .rows[0]!.ok
     if (!locked) return { kind: 'busy' }
     for (;;) {
-      if (shouldStop()) return { kind: 'idle' }
+      if (stopped()) return lockLost ? lostLock(ctx, subscriptionId) : { kind: 'idle' }
       // Between windows the target waits for these round trips: they go together.
-      const [, sub] = await Promise.all([
+      const [, sub, identity]: [unknown, SubscriptionRow | null, HomeIdentity | null, void] = await Promise.all([
         ctx.pool.query('select segmenter.sequence_changes()'),
         loadSubscription(ctx.pool, subscriptionId),
+        home ? null : homeIdentity(ctx.pool),
         logRows.written,
       ])
-      if (!sub || sub.state !== 'active') return { kind: 'idle' }
+      home ??= identity
+      if (!sub || sub.state !== 'active' || sub.error !== null) return { kind: 'idle' }
+      const broken = brokenTemplate(ctx, sub)
+      if (broken) return hold(ctx, sub, 'template', broken, templateHint(sub))
       let sink: Sink
       try {
-        sink = await sinkFor(ctx, sub)
+        sink = await sinkFor(ctx, sub, home!.identity)
       } catch (error) {
+        if (error instanceof SegmenterError && error.code === 'CONFIG_INVALID') {
+          return hold(ctx, sub, 'configuration', error.message, error.hint)
+        }
         await recordFailure(ctx, sub, error)
         return { kind: 'retry', error }
       }
       let from: Checkpoint
       try {
         // The advisory lock has been held since this call began, so no one else moved the target's
-        // checkpoint since this sink committed it: read back only at the start (a round trip per
-        // window, with the target idle, at 10,000 members a window).
+        // checkpoint since this sink committed it (and if someone did, the fence says so): read
+        // back only at the start (a round trip per window, with the target idle, at 10,000
+        // members a window).
         const known = sink === lastWindowSink ? sink.lastCommitted(sub.sync_key) : null
-        from = known ?? (await sink.checkpoint(sub.sync_key)) ?? { pos: 0n, ord: 0 }
+        if (known) from = known
+        else {
+          const target = await sink.checkpoint(sub.sync_key)
+          const diverged = divergence(sub, target, home!)
+          if (diverged) return hold(ctx, sub, 'diverged', diverged, divergedHint(sub))
+          from = target
+        }
       } catch (error) {
         await dropSink(ctx, sub.subscription_id)
         await recordFailure(ctx, sub, error)
@@ -137,21 +163,29 @@ export async function deliverSubscription(
         ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window, columnsOf)
       }
       // Stops only between batches: each is committed whole with its checkpoint, or not at all.
-      for (let i = 0; i < batches.length && !shouldStop();) {
+      for (let i = 0; i < batches.length && !stopped();) {
         try {
           const run = runLength(batches, i)
           let alone = 1
           if (run > 1) {
-            const result = await deliverRun(round, batches.slice(i, i + run), shouldStop)
+            const result = await deliverRun(round, batches.slice(i, i + run), stopped)
             i += result.committed
             if (result.error !== undefined) throw result.error
-            if (result.committed === run || shouldStop()) continue
+            if (result.committed === run || stopped()) continue
             alone = result.alone
           }
           // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
           await logRows.written
-          for (const stop = i + alone; i < stop && !shouldStop(); i++) await deliverBatch(round, batches[i]!)
+          for (const stop = i + alone; i < stop && !stopped(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
+          if (error instanceof HeldTemplate) return hold(ctx, sub, 'template', error.message, templateHint(sub))
+          if (isFenced(error)) {
+            // Another sidecar delivered meanwhile (it holds the lock now, or this one's zombie
+            // transaction committed): nothing of this transaction committed; start again from
+            // what the target says, once the lock is ours.
+            ctx.log.warn({ subscription: sub.name, err: error.message }, 'fenced: the target checkpoint moved under this sidecar')
+            return { kind: 'busy' }
+          }
           if (!isTransient(error)) throw error
           await dropSink(ctx, sub.subscription_id)
           await record(round, batches[i]!, 0, false, error, false)
@@ -159,6 +193,7 @@ export async function deliverSubscription(
         }
       }
       lastWindowSink = sink
+      if (lockLost) return lostLock(ctx, subscriptionId)
       if (shouldStop()) return { kind: 'idle' }
       if (plan.waitMs !== null) return { kind: 'wait', ms: plan.waitMs }
     }
@@ -166,6 +201,8 @@ export async function deliverSubscription(
     failure = error as Error
     throw error
   } finally {
+    lockClient.off('error', onLockLost)
+    lockClient.off('end', onLockLost)
     await ahead
     // Written before the lock goes: the next holder reads the home cursor these rows move.
     const recordError = await logRows.written.then(
@@ -174,12 +211,81 @@ export async function deliverSubscription(
     )
     // After a failure the client may be mid-query on a dead connection: it is discarded (which
     // also ends its session and so the advisory lock) instead of going back to the pool.
-    if (locked && !failure) await lockClient.query('select pg_advisory_unlock($1, $2::int)', [LOCK_CLASS, subscriptionId]).catch(() => {})
-    lockClient.release(failure)
+    if (locked && !failure && !lockLost)
+      await lockClient.query('select pg_advisory_unlock($1, $2::int)', [LOCK_CLASS, subscriptionId]).catch(() => {})
+    lockClient.release(failure ?? (lockLost ? new Error('advisory lock session ended') : undefined))
     // Unless the round failed anyway: the round's own error says more than the log's.
     if (recordError !== undefined && failure === undefined) throw recordError
   }
 }
+
+function lostLock(ctx: DeliveryContext, subscriptionId: string): RoundResult {
+  ctx.log.warn({ subscription: subscriptionId }, 'the home session holding the subscription lock ended; stopped delivering it')
+  return { kind: 'busy' }
+}
+
+interface HomeIdentity {
+  identity: string
+  lastPos: bigint
+}
+
+async function homeIdentity(pool: pg.Pool): Promise<HomeIdentity> {
+  const { rows } = await pool.query<{ identity: string; last_pos: string }>('select identity, last_pos from segmenter.home_identity()')
+  return { identity: rows[0]!.identity, lastPos: BigInt(rows[0]!.last_pos) }
+}
+
+/** Why the target's checkpoint cannot be this home's own history, or null if it can. */
+function divergence(sub: SubscriptionRow, target: { pos: bigint; ord: number; home: string }, home: HomeIdentity): string | null {
+  if (target.home !== home.identity) {
+    return `the target's checkpoint of subscription ${sub.name} was written by another home (${target.home}); this home is ${home.identity}`
+  }
+  if (target.pos > home.lastPos) {
+    return `the target's checkpoint of subscription ${sub.name} is at position ${target.pos}, ahead of the last position this home assigned (${home.lastPos}): the home was restored from a backup (or lost its change log), and changes since it would be skipped`
+  }
+  return null
+}
+
+const divergedHint = (sub: SubscriptionRow) =>
+  `if this home is the restored or moved one, run select segmenter.resync('${sub.name}') to re-export the subscription to the target with a fresh checkpoint; if two homes deliver into one target, give each consumer its own options.checkpoint_table`
+
+const templateHint = (sub: SubscriptionRow) =>
+  `fix the template with select segmenter.alter_subscription('${sub.name}', ...); the cursor and the dead letters are kept`
+
+/** Hold the subscription in an error state: nothing is delivered or dead-lettered until its cause is fixed. */
+async function hold(
+  ctx: DeliveryContext,
+  sub: SubscriptionRow,
+  kind: 'template' | 'configuration' | 'diverged',
+  error: string,
+  hint?: string,
+): Promise<RoundResult> {
+  ctx.log.error({ subscription: sub.name, kind, err: error, hint }, 'subscription held until its cause is fixed')
+  await ctx.pool.query('select segmenter.hold_subscription($1, $2, $3, $4)', [sub.subscription_id, kind, error, hint ?? null])
+  return { kind: 'held', error }
+}
+
+/** A template of the subscription that does not compile for the target's dialect: its error. */
+function brokenTemplate(ctx: DeliveryContext, sub: SubscriptionRow): string | null {
+  for (const event of ['add', 'update', 'remove', 'clear', 'segment_upsert', 'segment_delete'] as const) {
+    try {
+      templateFor(ctx, sub, event, sub.consumer.dialect)
+    } catch (error) {
+      return `${TEMPLATE_FIELDS[event]}: ${(error as Error).message}`
+    }
+  }
+  return null
+}
+const TEMPLATE_FIELDS = {
+  add: 'add_sql',
+  update: 'update_sql',
+  remove: 'remove_sql',
+  clear: 'clear_sql',
+  segment_upsert: 'segment_upsert_sql',
+  segment_delete: 'segment_delete_sql',
+} as const
+
+/** A template that fails for a member with a row: the template's fault, not the member's. */
+class HeldTemplate extends Error {}
 
 /** A window read ahead: the pending events from `from` and everything needed to render them. */
 interface Window {
@@ -238,11 +344,20 @@ async function readWindow(
   }
 }
 
-async function sinkFor(ctx: DeliveryContext, sub: SubscriptionRow): Promise<Sink> {
+// What each open sink was opened from (consumerFingerprint).
+const openedFrom = new WeakMap<Sink, string>()
+
+/** The subscription's sink; reopened when its consumer was repointed (or its variable changed). */
+async function sinkFor(ctx: DeliveryContext, sub: SubscriptionRow, home: string): Promise<Sink> {
+  const fingerprint = consumerFingerprint(sub.consumer, ctx.env) + home
   const cached = ctx.sinks.get(sub.subscription_id)
-  if (cached) return cached
-  const { rows } = await ctx.pool.query<ConsumerRow>('select * from segmenter.consumers where consumer_id = $1', [sub.consumer_id])
-  const sink = await openSink(rows[0]!, ctx.env)
+  if (cached && openedFrom.get(cached) === fingerprint) return cached
+  if (cached) {
+    ctx.log.info({ subscription: sub.name, consumer: sub.consumer.name }, 'consumer changed; reconnecting')
+    await dropSink(ctx, sub.subscription_id)
+  }
+  const sink = await openSink(sub.consumer, home, ctx.env)
+  openedFrom.set(sink, fingerprint)
   ctx.sinks.set(sub.subscription_id, sink)
   return sink
 }
@@ -337,7 +452,10 @@ async function deliverBatch(round: Round, batch: Batch): Promise<void> {
     statement = renderBatch(round, batch)
   } catch (error) {
     // A value this dialect cannot represent, or a field a member lacks: isolate it like a rejection.
-    return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
+    if (batch.events.length > 1) return splitAndDeliver(round, batch)
+    // A template that fails for a member with a row would fail for every member: hold instead.
+    if (error instanceof TemplateError && hasRow(round, batch)) throw new HeldTemplate(`${batch.event}: ${error.message}`)
+    return deadLetter(round, batch, statement, error)
   }
   if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
     return splitAndDeliver(round, batch)
@@ -345,10 +463,17 @@ async function deliverBatch(round: Round, batch: Batch): Promise<void> {
   try {
     await sink.apply(statement === null ? [] : [statement], sub.sync_key, batch.through)
   } catch (error) {
-    if (isTransient(error)) throw error
+    if (isTransient(error) || isFenced(error)) throw error
     return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
   await record(round, batch, performance.now() - started, true, undefined, true, statement === null ? 0 : 1)
+}
+
+/** Whether the batch's (one) member has a row of its own: read from the segment table or captured. */
+function hasRow({ segments, members }: Round, batch: Batch): boolean {
+  const e = batch.events[0]
+  if (!e || e.memberId === null) return true // a segment-level event: only the template is there
+  return e.row !== null || members.get(batch.segmentId)?.has(e.memberId) === true || !segments.has(batch.segmentId)
 }
 
 /** The batch's statement, or null when it has none (no template for the event, no members). */
@@ -496,7 +621,7 @@ async function deliverRun(
       { subscription: sub.name, err: (failure as Error).message },
       'batches lock the same rows in the target; one lane from now on',
     )
-  } else if (failure !== undefined && isTransient(failure)) return { committed, alone, error: failure }
+  } else if (failure !== undefined && (isTransient(failure) || isFenced(failure))) return { committed, alone, error: failure }
   return { committed, alone }
 }
 

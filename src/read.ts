@@ -4,7 +4,7 @@ import type pg from 'pg'
 import Cursor from 'pg-cursor'
 import type { EventType, PendingEvent } from './batch.js'
 import { typeParser } from './db.js'
-import type { Checkpoint } from './sinks/index.js'
+import type { Checkpoint, ConsumerRow } from './sinks/index.js'
 
 export interface SubscriptionRow {
   subscription_id: string
@@ -26,12 +26,16 @@ export interface SubscriptionRow {
   resync_pos: string | null
   sync_key: string
   consumer_id: string
+  /** Why the sidecar holds it (see segmenter.hold_subscription); null while it delivers. */
+  error: string | null
+  /** The consumer row, read with the subscription: a repointed consumer reaches the next round. */
+  consumer: ConsumerRow
 }
 
 export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscriptionId: string): Promise<SubscriptionRow | null> {
   const { rows } = await db.query<SubscriptionRow>(
-    `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms
-     from segmenter.subscriptions s where s.subscription_id = $1`,
+    `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms, to_jsonb(c) as consumer
+     from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.subscription_id = $1`,
     [subscriptionId],
   )
   return rows[0] ?? null
@@ -94,6 +98,14 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
         const skip = pos === from.pos ? from.ord : 0
         if (c.ids === null) {
           if (skip < 1) events.push(pendingEvent(c, pos, 1, null, null))
+        } else if (c.event === 'clear' && sub.clear_sql !== null) {
+          // The clear template clears them all at once: one event that passes every member named.
+          if (skip < c.ids.length) events.push(pendingEvent(c, pos, c.ids.length, null, null))
+        } else if (c.event === 'clear') {
+          // No clear template: the clear is delivered as removes of the members it cleared.
+          for (let i = skip; i < c.ids.length && events.length < limit; i++) {
+            events.push(pendingEvent({ ...c, event: 'remove' }, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
+          }
         } else {
           for (let i = skip; i < c.ids.length && events.length < limit; i++) {
             events.push(pendingEvent(c, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
@@ -214,23 +226,30 @@ export async function loadMemberRows(
       // measurement, 1M members in windows of 10,000: 2.4 s of Postgres CPU instead of 3.2 s).
       // They come as one row of a JSON array per column (columnar): pg's parsing of one protocol
       // message and one object per row was a third of what the sidecar allocated per member.
+      // Keyed by id::text, as capture names members: the value pg parses is not always that text
+      // (char(n) keeps its padding, numeric its scale in neither, an integer is a number).
       const current = await client.query(
-        `select ${columns.map((c, i) => `${columnAgg(segment, c)} as c${i}`).join(', ')} from ${segment.table_name} t
+        `select ${columns.map((c, i) => `${columnAgg(segment, c)} as c${i}`).join(', ')}, json_agg(t.id::text) as keys
+         from ${segment.table_name} t
          where t.segment_id = $1 and t.actual_end = 'infinity' and t.id = any(array(${wantedIds}))`,
         [segmentId, JSON.stringify(ids)],
       )
-      for (const r of rowsOf(segment, columns, current.rows[0]!)) byId.set(String(r.id), r)
+      const keys = (current.rows[0]!.keys ?? []) as string[]
+      rowsOf(segment, columns, current.rows[0]!).forEach((r, k) => byId.set(keys[k]!, r))
       // Members without a current row (they left) get their latest closed one: one probe each,
       // sorted by actual_end.
       const left = ids.filter((id) => !byId.has(id))
       if (left.length === 0) continue
       const latest = await client.query(
         `select r.* from (${wantedIds}) as wanted
-         cross join lateral (select ${list} from ${segment.table_name} t where t.segment_id = $1 and t.id = wanted.id
-                             order by t.actual_end desc limit 1) r`,
+         cross join lateral (select ${list}, t.id::text as ${MEMBER_KEY} from ${segment.table_name} t
+                             where t.segment_id = $1 and t.id = wanted.id order by t.actual_end desc limit 1) r`,
         [segmentId, JSON.stringify(left)],
       )
-      for (const r of latest.rows) byId.set(String(r.id), r)
+      for (const r of latest.rows) {
+        byId.set(r[MEMBER_KEY], r)
+        delete r[MEMBER_KEY]
+      }
     }
     await client.query('commit')
     client.release()
@@ -241,6 +260,9 @@ export async function loadMemberRows(
   }
   return result
 }
+
+// The member's id as capture wrote it, read along with a closed row (and dropped from it).
+const MEMBER_KEY = '__segmenter_member_key'
 
 /**
  * One column of the current rows as a JSON array, every value exactly as Postgres would send it in

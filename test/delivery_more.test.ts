@@ -870,7 +870,7 @@ test('sinks opened at the same moment on one Postgres target both work (checkpoi
   const { openPostgresSink } = await import('../src/sinks/postgres.js')
   for (let round = 0; round < 5; round++) {
     const db = await freshPg()
-    const sinks = await Promise.all(Array.from({ length: 4 }, () => openPostgresSink(db.url, 'postgres')))
+    const sinks = await Promise.all(Array.from({ length: 4 }, () => openPostgresSink(db.url, 'postgres', 'test-home')))
     await Promise.all(sinks.map((s, i) => s.apply([], `key-${i}`, { pos: 7n, ord: i })))
     assert.equal(Number((await db.query('select count(*) as n from segmenter_checkpoint'))[0].n), 4)
     for (const s of sinks) await s.close()

@@ -28,7 +28,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
       target = db
       defer(() => db.close())
       await db.query('create table members (member varchar(20) not null)')
-      sink = await openMysqlSink(db.url, 'mysql', { lanes: 2 })
+      sink = await openMysqlSink(db.url, 'mysql', 'test-home', { lanes: 2 })
       // Uncommitted rows are visible to a dirty read: one row per open transaction below.
       const dirty = await mysql.createConnection({ uri: db.url })
       defer(() => dirty.end())
@@ -43,7 +43,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
       target = db
       defer(() => db.close())
       await db.query('create table members (member text not null)')
-      sink = await openPostgresSink(db.url, 'postgres', { lanes: 2 })
+      sink = await openPostgresSink(db.url, 'postgres', 'test-home', { lanes: 2 })
       openTransactions = async () =>
         Number(
           (
@@ -64,17 +64,24 @@ for (const kind of ['mysql', 'postgres'] as const) {
     assert.deepEqual(await rows(), [], 'nothing is visible before a commit')
     await first.commit('lanes', { pos: 10n, ord: 2 })
     assert.deepEqual(await rows(), ['a1'])
-    assert.deepEqual(await sink.checkpoint('lanes'), { pos: 10n, ord: 2 })
+    assert.deepEqual(await sink.checkpoint('lanes'), { pos: 10n, ord: 2, home: 'test-home' })
     assert.deepEqual(sink.lastCommitted('lanes'), { pos: 10n, ord: 2 }, 'the sink knows what it committed without reading it back')
     // The sidecar dies here: the second batch was executed but never committed.
     await sink.close()
     await until('the dead connection is gone', async () => (await openTransactions()) === 0, 10_000)
     assert.deepEqual(await rows(), ['a1'], 'only the committed prefix is in the target')
     const reopened =
-      kind === 'mysql' ? await openMysqlSink(target.url, 'mysql', { lanes: 2 }) : await openPostgresSink(target.url, 'postgres')
+      kind === 'mysql'
+        ? await openMysqlSink(target.url, 'mysql', 'test-home', { lanes: 2 })
+        : await openPostgresSink(target.url, 'postgres', 'test-home')
     defer(() => reopened.close())
-    assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 10n, ord: 2 }, 'a restart resumes right after the committed batch')
-    assert.equal(reopened.lastCommitted('lanes'), null, 'a new sink has committed nothing: its checkpoint is read from the target')
+    assert.equal(reopened.lastCommitted('lanes'), null, 'a new sink knows nothing: its checkpoint is read from the target')
+    assert.deepEqual(
+      await reopened.checkpoint('lanes'),
+      { pos: 10n, ord: 2, home: 'test-home' },
+      'a restart resumes right after the committed batch',
+    )
+    assert.deepEqual(reopened.lastCommitted('lanes'), { pos: 10n, ord: 2 }, 'the next transaction must find the checkpoint read')
 
     // A failed statement rolls its transaction back and frees the lane for the next one.
     const bad = reopened.begin(['insert into no_such_table values (1)'])
@@ -88,7 +95,7 @@ for (const kind of ['mysql', 'postgres'] as const) {
     await reopened.apply([insert('d1')], 'lanes', { pos: 12n, ord: 1 })
     await assert.rejects(reopened.apply(['insert into no_such_table values (1)'], 'lanes', { pos: 13n, ord: 1 }))
     assert.deepEqual(reopened.lastCommitted('lanes'), { pos: 12n, ord: 1 })
-    assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 12n, ord: 1 })
+    assert.deepEqual(await reopened.checkpoint('lanes'), { pos: 12n, ord: 1, home: 'test-home' })
   })
 }
 

@@ -243,7 +243,7 @@ test('mysql templates run against MariaDB: idempotent add, remove, segment upser
     await sink?.close()
     await db.close()
   })
-  sink = await openMysqlSink(db.url, 'mysql')
+  sink = await openMysqlSink(db.url, 'mysql', 'test-home')
   await lifecycle({
     dialect: 'mysql',
     sink,
@@ -270,7 +270,7 @@ test('postgres templates run against Postgres: idempotent add, remove, segment u
     await sink?.close()
     await db.close()
   })
-  sink = await openPostgresSink(db.url, 'postgres')
+  sink = await openPostgresSink(db.url, 'postgres', 'test-home')
   await lifecycle({
     dialect: 'postgres',
     sink,

@@ -24,9 +24,11 @@ async function setQuotingModes(conn: mysql.Connection): Promise<void> {
 export async function openMysqlSink(
   url: string,
   dialect: Dialect,
+  home: string,
   options: { checkpointTable?: string; lanes?: number } = {},
 ): Promise<Sink> {
-  const table = '`' + (options.checkpointTable ?? CHECKPOINT_TABLE).replaceAll('`', '``') + '`'
+  const tableName = options.checkpointTable ?? CHECKPOINT_TABLE
+  const table = '`' + tableName.replaceAll('`', '``') + '`'
   const connect = async () => {
     const conn = await mysql.createConnection({
       uri: url,
@@ -48,8 +50,15 @@ export async function openMysqlSink(
   // so batches are sized from the server's actual limit.
   const [[{ packet }]] = (await first.query('select @@max_allowed_packet as packet')) as unknown as [[{ packet: string }]]
   await first.query(`create table if not exists ${table} (
-    sync_key varchar(64) not null primary key, pos bigint not null, ord int not null,
+    sync_key varchar(64) not null primary key, pos bigint not null, ord int not null, home varchar(128),
     updated_at timestamp(3) not null default current_timestamp(3) on update current_timestamp(3)) engine=InnoDB`)
+  // A checkpoint table from before the home column (MySQL has no ADD COLUMN IF NOT EXISTS).
+  const [columns] = (await first.query(
+    `select 1 from information_schema.columns where table_schema = database() and table_name = ${literal(tableName, 'mysql')} and column_name = 'home'`,
+  )) as unknown as [unknown[]]
+  if (columns.length === 0) await first.query(`alter table ${table} add column home varchar(128)`)
+  const key = (syncKey: string) => literal(syncKey, 'mysql')
+  const homeLiteral = literal(home, 'mysql')
   return sqlSink(
     {
       dialect,
@@ -60,14 +69,25 @@ export async function openMysqlSink(
         await conn.query(sql)
       },
       async readCheckpoint(conn, syncKey) {
-        const [rows] = (await conn.query(`select pos, ord from ${table} where sync_key = ${literal(syncKey, 'mysql')}`)) as unknown as [
-          Array<{ pos: string; ord: number }>,
-        ]
-        const row = rows[0]
-        return row ? { pos: BigInt(row.pos), ord: Number(row.ord) } : null
+        const [results] = (await conn.query(
+          `insert ignore into ${table} (sync_key, pos, ord, home) values (${key(syncKey)}, 0, 0, ${homeLiteral});
+           update ${table} set home = ${homeLiteral} where sync_key = ${key(syncKey)} and home is null;
+           select pos, ord, home from ${table} where sync_key = ${key(syncKey)}`,
+        )) as unknown as [[unknown, unknown, Array<{ pos: string; ord: number; home: string }>]]
+        const row = results[2][0]!
+        return { pos: BigInt(row.pos), ord: Number(row.ord), home: row.home }
       },
-      checkpointUpsert: (syncKey, to) =>
-        `insert into ${table} (sync_key, pos, ord) values (${literal(syncKey, 'mysql')}, ${to.pos}, ${to.ord}) on duplicate key update pos = values(pos), ord = values(ord)`,
+      // MySQL has no way to raise an error from a plain statement (SIGNAL needs a stored program,
+      // MariaDB's BEGIN NOT ATOMIC is not MySQL's), but SELECT ... INTO of two rows fails in both
+      // (1172), and the server runs nothing after a failed statement of a script, COMMIT included.
+      // The UPDATE locks the row first, so a transaction that waited for another one's commit
+      // sees the row as that one left it.
+      checkpointMove: (syncKey, from, to) =>
+        `update ${table} set pos = ${to.pos}, ord = ${to.ord}
+           where sync_key = ${key(syncKey)} and pos = ${from.pos} and ord = ${from.ord} and home = ${homeLiteral};
+         set @segmenter_fence = row_count();
+         select 'segmenter fence' into @segmenter_fenced from (select 1 union all select 2) two_rows where @segmenter_fence <> 1`,
+      isFenceFailure: (err) => (err as { errno?: number }).errno === 1172,
       begin: 'set session innodb_lock_wait_timeout = default;\nstart transaction',
       beginShortLockWait: 'set session innodb_lock_wait_timeout = 2;\nstart transaction',
       async end(conn) {

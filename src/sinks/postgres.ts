@@ -6,9 +6,13 @@ import { literal } from '../render/index.js'
 import { settledWithin } from '../timeout.js'
 import { DEFAULT_LANES, sqlSink, type Sink } from './sink.js'
 
+// Raised by the checkpoint move when the row is not where this sink left it (class SG: Segmenter's).
+const FENCE_SQLSTATE = 'SGF01'
+
 export async function openPostgresSink(
   url: string,
   dialect: Dialect,
+  home: string,
   options: { checkpointTable?: string; lanes?: number } = {},
 ): Promise<Sink> {
   const table = options.checkpointTable ?? 'segmenter_checkpoint'
@@ -30,7 +34,8 @@ export async function openPostgresSink(
   const first = await connect()
   try {
     await first.query(`create table if not exists ${ident} (
-      sync_key text primary key, pos bigint not null, ord int not null, updated_at timestamptz not null default now())`)
+      sync_key text primary key, pos bigint not null, ord int not null, home text, updated_at timestamptz not null default now())`)
+    await first.query(`alter table ${ident} add column if not exists home text`) // a table from before the home column
   } catch (err) {
     // Two sinks creating it at the same moment: IF NOT EXISTS does not cover the race, and the
     // loser sees a catalog unique violation (23505), duplicate_table (42P07) or duplicate_object
@@ -47,13 +52,30 @@ export async function openPostgresSink(
         await client.query(sql)
       },
       async readCheckpoint(client, syncKey) {
-        const { rows } = await client.query<{ pos: string; ord: number }>(`select pos, ord from ${ident} where sync_key = $1`, [syncKey])
-        const row = rows[0]
-        return row ? { pos: BigInt(row.pos), ord: row.ord } : null
+        await client.query(`insert into ${ident} (sync_key, pos, ord, home) values ($1, 0, 0, $2) on conflict (sync_key) do nothing`, [
+          syncKey,
+          home,
+        ])
+        await client.query(`update ${ident} set home = $2 where sync_key = $1 and home is null`, [syncKey, home])
+        const { rows } = await client.query<{ pos: string; ord: number; home: string }>(
+          `select pos, ord, home from ${ident} where sync_key = $1`,
+          [syncKey],
+        )
+        const row = rows[0]!
+        return { pos: BigInt(row.pos), ord: row.ord, home: row.home }
       },
-      checkpointUpsert: (syncKey, to) =>
-        `insert into ${ident} (sync_key, pos, ord) values (${literal(syncKey, 'postgres')}, ${to.pos}, ${to.ord})
-        on conflict (sync_key) do update set pos = excluded.pos, ord = excluded.ord, updated_at = now()`,
+      // The UPDATE locks the row first, so a transaction that waited for another one's commit sees
+      // the row as that one left it; no row means someone else moved it, and the script stops.
+      checkpointMove: (syncKey, from, to) =>
+        `do $segmenter_fence$ begin
+           update ${ident} set pos = ${to.pos}, ord = ${to.ord}, updated_at = now()
+           where sync_key = ${literal(syncKey, 'postgres')} and pos = ${from.pos} and ord = ${from.ord} and home = ${literal(home, 'postgres')};
+           if not found then
+             raise exception 'segmenter fence: checkpoint % is not at (%, %)', ${literal(syncKey, 'postgres')}, ${from.pos}, ${from.ord}
+               using errcode = '${FENCE_SQLSTATE}';
+           end if;
+         end $segmenter_fence$`,
+      isFenceFailure: (err) => (err as { code?: string }).code === FENCE_SQLSTATE,
       begin: 'begin',
       beginShortLockWait: "begin;\nset local lock_timeout = '2s'",
       async end(client) {

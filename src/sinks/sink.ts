@@ -1,13 +1,20 @@
 // A sink executes rendered statements in an external SQL store, exactly once: the statements and
-// the subscription's checkpoint row commit in one target transaction, and the checkpoint is read
-// back before every delivery round, so a sidecar killed at any point resumes where the target is.
+// the subscription's checkpoint row commit in one target transaction, and every round starts from
+// the checkpoint the target holds, so a sidecar killed at any point resumes where the target is.
+//
+// Fencing: every target transaction first moves the checkpoint row from exactly the position this
+// sink started from (or last committed) to the batch's, in the same transaction, and aborts if the
+// row says anything else. A zombie transaction of a killed sidecar (its script still waiting on a
+// row lock in the target after the client is gone), or a sidecar that lost its advisory lock and
+// delivers from what it read before, finds the row moved by whoever took over and commits nothing.
+// The row also names the home it was written from: a checkpoint of another home (or one ahead of
+// what this home has assigned: a home restored from a backup) is the caller's to refuse.
 //
 // Lanes: a sink may hold several connections and keep a transaction open on each, so that the
 // target executes consecutive batches in parallel, where it has the cores for them. The caller
 // commits them strictly in batch order, each with its checkpoint, so what the target shows, and
 // where a restart resumes, is always a prefix of the batches.
 import type { Dialect } from '../render/index.js'
-
 export interface Checkpoint {
   pos: bigint
   ord: number
@@ -19,6 +26,24 @@ export interface Checkpoint {
  */
 export const DEFAULT_LANES = 1
 
+/** The target's checkpoint row: where the subscription stands, and which home wrote it. */
+export interface TargetCheckpoint extends Checkpoint {
+  home: string
+}
+
+/** The target's checkpoint was not the one this sink started from: another sidecar moved it. */
+export class FencedError extends Error {
+  readonly code = 'FENCED'
+  constructor(syncKey: string, expected: Checkpoint, cause?: unknown) {
+    super(
+      `checkpoint ${syncKey} in the target is no longer at (${expected.pos}, ${expected.ord}): another sidecar delivered meanwhile; this transaction was rolled back`,
+      { cause },
+    )
+    this.name = 'FencedError'
+  }
+}
+export const isFenced = (err: unknown): err is FencedError => err instanceof FencedError
+
 export const compareCheckpoints = (a: Checkpoint, b: Checkpoint): number => (a.pos === b.pos ? a.ord - b.ord : a.pos < b.pos ? -1 : 1)
 
 export interface Sink {
@@ -27,14 +52,20 @@ export interface Sink {
   readonly maxStatementBytes: number
   /** How many transactions may be open at once (the consumer's `lanes` option). */
   readonly lanes: number
-  /** The target's checkpoint for this subscription, or null if it has none yet. */
-  checkpoint(syncKey: string): Promise<Checkpoint | null>
   /**
-   * The checkpoint this sink last committed for the subscription (null if none): what
-   * checkpoint() reads, as long as nothing else writes it.
+   * The target's checkpoint for this subscription (created at (0, 0) for this home if it has none
+   * yet): the position the next transaction must find, or fail fenced.
+   */
+  checkpoint(syncKey: string): Promise<TargetCheckpoint>
+  /**
+   * Where the next transaction starts: the checkpoint last read or committed by this sink (null
+   * before the first read, and after a fenced or unknown outcome).
    */
   lastCommitted(syncKey: string): Checkpoint | null
-  /** Run the statements and move the checkpoint, all in one target transaction, in one round trip. */
+  /**
+   * Run the statements and move the checkpoint, all in one target transaction, in one round trip,
+   * fenced (FencedError when the target's checkpoint is not where this sink left it).
+   */
   apply(statements: string[], syncKey: string, to: Checkpoint): Promise<void>
   /** Open a transaction on a free lane and run the statements in it, uncommitted. */
   begin(statements: string[]): OpenTransaction
@@ -57,8 +88,15 @@ export interface SqlTarget<C> {
   lanes: number
   connect(): Promise<C>
   run(conn: C, sql: string): Promise<void>
-  readCheckpoint(conn: C, syncKey: string): Promise<Checkpoint | null>
-  checkpointUpsert(syncKey: string, to: Checkpoint): string
+  /** Read the row, creating it at (0, 0) for this home if it is missing (and adopting a legacy row). */
+  readCheckpoint(conn: C, syncKey: string): Promise<TargetCheckpoint>
+  /**
+   * Statements that move the row from `from` to `to` inside the open transaction, locking it, and
+   * fail (isFenceFailure) unless it was at `from` and written by this home.
+   */
+  checkpointMove(syncKey: string, from: Checkpoint, to: Checkpoint): string
+  /** The error the statements of checkpointMove raise when the row was elsewhere. */
+  isFenceFailure(err: unknown): boolean
   /** Starts a transaction for apply(): waits for row locks as long as the server's settings say. */
   begin: string
   /**
@@ -72,7 +110,9 @@ export interface SqlTarget<C> {
 
 export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
   const free: C[] = [first]
-  const committed = new Map<string, Checkpoint>()
+  // Per subscription, where the target's checkpoint stands as far as this sink knows: what the next
+  // transaction must find there. Forgotten on a fence or an unknown outcome, so it is read again.
+  const at = new Map<string, Checkpoint>()
   let opened = 1
   const all = new Set<C>([first])
 
@@ -107,32 +147,48 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
       return false
     }
   }
+  const readCheckpoint = async (syncKey: string): Promise<TargetCheckpoint> => {
+    const conn = await acquire()
+    let ok = false
+    try {
+      const row = await target.readCheckpoint(conn, syncKey)
+      ok = true
+      at.set(syncKey, { pos: row.pos, ord: row.ord })
+      return row
+    } finally {
+      release(conn, ok)
+    }
+  }
+  /** Where the transaction moving `syncKey` must find the checkpoint. */
+  const fenceFrom = async (syncKey: string): Promise<Checkpoint> => at.get(syncKey) ?? (await readCheckpoint(syncKey))
+  /** After a failed transaction: a fence failure is a FencedError, and what it found is read again. */
+  const failed = (syncKey: string, from: Checkpoint, err: unknown): unknown => {
+    if (!target.isFenceFailure(err)) {
+      // A lost connection may have lost the answer to a COMMIT that happened: read it again.
+      if (isTransient(err)) at.delete(syncKey)
+      return err
+    }
+    at.delete(syncKey)
+    return new FencedError(syncKey, from, err)
+  }
 
   return {
     dialect: target.dialect,
     maxStatementBytes: target.maxStatementBytes,
     lanes: target.lanes,
-    async checkpoint(syncKey) {
-      const conn = await acquire()
-      let ok = false
-      try {
-        const at = await target.readCheckpoint(conn, syncKey)
-        ok = true
-        return at
-      } finally {
-        release(conn, ok)
-      }
-    },
-    lastCommitted: (syncKey) => committed.get(syncKey) ?? null,
+    checkpoint: readCheckpoint,
+    lastCommitted: (syncKey) => at.get(syncKey) ?? null,
     async apply(statements, syncKey, to) {
+      const from = await fenceFrom(syncKey)
+      if (compareCheckpoints(to, from) <= 0) throw new Error(`sink: checkpoint ${syncKey} would not move forward (a bug in the caller)`)
       const conn = await acquire()
       try {
-        await target.run(conn, transactionScript(target.begin, statements, target.checkpointUpsert(syncKey, to)))
+        await target.run(conn, [target.begin, target.checkpointMove(syncKey, from, to), ...body(statements), 'commit'].join(';\n'))
       } catch (err) {
         release(conn, await rollbackOn(conn))
-        throw err
+        throw failed(syncKey, from, err)
       }
-      committed.set(syncKey, to)
+      at.set(syncKey, to)
       release(conn, true)
     },
     begin(statements) {
@@ -155,13 +211,22 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
           await executed
           if (state !== 'open') throw new Error('sink: commit of a transaction that is not open')
           state = 'done'
+          // Open transactions commit in order: this one's checkpoint moves from the previous one's.
+          let from: Checkpoint
           try {
-            await target.run(conn!, `${target.checkpointUpsert(syncKey, to)};\ncommit`)
+            // Read on this lane's own connection if it must be (the others may all be open).
+            from = at.get(syncKey) ?? (await target.readCheckpoint(conn!, syncKey))
           } catch (err) {
             release(conn!, await rollbackOn(conn!))
             throw err
           }
-          committed.set(syncKey, to)
+          try {
+            await target.run(conn!, `${target.checkpointMove(syncKey, from, to)};\ncommit`)
+          } catch (err) {
+            release(conn!, await rollbackOn(conn!))
+            throw failed(syncKey, from, err)
+          }
+          at.set(syncKey, to)
           release(conn!, true)
         },
         async rollback() {
@@ -192,14 +257,6 @@ function body(statements: string[]): string[] {
 }
 
 /**
- * One round trip: begin, the batch's statements, the checkpoint upsert, commit. If any statement
- * fails the server runs none after it, and the caller rolls back.
- */
-export function transactionScript(begin: string, statements: string[], checkpointUpsert: string): string {
-  return [begin, ...body(statements), checkpointUpsert, 'commit'].join(';\n')
-}
-
-/**
  * Errors worth retrying as-is: the connection, the server's availability, lock conflicts.
  * Anything else is the target rejecting the statement: the batch is split to isolate the row.
  */
@@ -208,12 +265,17 @@ export function isTransient(err: unknown): boolean {
   if (e?.fatal) return true
   const code = e?.code ?? ''
   if (/^(ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN|PROTOCOL_|ER_CON_COUNT|ER_SERVER_SHUTDOWN)/.test(code)) return true
-  // MySQL: lock wait timeout, deadlock, too many connections, server gone / lost.
-  if (e?.errno !== undefined && [1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 1927].includes(e.errno)) return true
-  // Postgres: connection exceptions, serialization / deadlock, insufficient resources, admin shutdown.
-  if (/^(08|40|53|57P)/.test(code)) return true
+  // MySQL: lock wait timeout, deadlock, too many connections, server gone / lost; read-only
+  // (--read-only, a read-only transaction, FLUSH TABLES WITH READ LOCK): an outage, not a
+  // rejection, so it is retried and never dead-lettered.
+  if (e?.errno !== undefined && MYSQL_TRANSIENT.has(e.errno)) return true
+  // Postgres: connection exceptions, read-only transaction (a standby, default_transaction_read_only),
+  // serialization / deadlock, insufficient resources, lock not available, query canceled, admin shutdown.
+  if (/^(08|25006|40|53|55P03|57014|57P)/.test(code)) return true
   return /Connection terminated|connection is closed|not queryable|Cannot enqueue|socket hang up/i.test(String((err as Error)?.message))
 }
+
+const MYSQL_TRANSIENT: ReadonlySet<number> = new Set([1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 1927, 1290, 1792, 1836, 1223])
 
 /** Two open transactions wanted the same rows (lock wait timeout or deadlock, either server). */
 export function isLockConflict(err: unknown): boolean {
