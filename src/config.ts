@@ -6,7 +6,7 @@ export interface Config {
   databaseUrl: string | undefined
   /** Poll for work this often even without NOTIFY. (Default: 1000) */
   pollIntervalMs: number
-  /** Subscriptions delivered in parallel. (Default: 4) */
+  /** Subscriptions delivered in parallel, 1 to 64; the home pool is sized from it. (Default: 4) */
   concurrency: number
   /** pino log level. (Default: info) */
   logLevel: string
@@ -39,6 +39,12 @@ export const defaults = {
   embeddedCache: '/var/cache/segmenter',
 } satisfies Partial<Config>
 
+/**
+ * The most subscriptions one sidecar delivers at once. Its home pool grows with it
+ * (db.ts poolSizeFor: 195 clients at 64), and the home server's max_connections must hold them.
+ */
+export const MAX_CONCURRENCY = 64
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
     databaseUrl: env.DATABASE_URL || undefined,
@@ -57,8 +63,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Confi
     `configuration assert: SEGMENTER_POLL_INTERVAL_MS must be an integer of at least 10 (got ${env.SEGMENTER_POLL_INTERVAL_MS})`,
   )
   assert(
-    Number.isInteger(config.concurrency) && config.concurrency >= 1,
-    `configuration assert: SEGMENTER_CONCURRENCY must be an integer of at least 1 (got ${env.SEGMENTER_CONCURRENCY})`,
+    Number.isInteger(config.concurrency) && config.concurrency >= 1 && config.concurrency <= MAX_CONCURRENCY,
+    `configuration assert: SEGMENTER_CONCURRENCY must be an integer from 1 to ${MAX_CONCURRENCY} (got ${env.SEGMENTER_CONCURRENCY})`,
   )
   assert(
     Number.isInteger(config.refreshIntervalMs) && config.refreshIntervalMs >= 100,

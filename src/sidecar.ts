@@ -10,10 +10,21 @@ import type { Logger } from 'pino'
 import type { Batch } from './batch.js'
 import { deliverSubscription, type DeliveryContext, type RoundResult } from './deliver.js'
 import type { SubscriptionRow } from './read.js'
+import { poolSizeFor } from './db.js'
 import type { Sink } from './sinks/index.js'
 import { settledWithin } from './timeout.js'
 
 export const DELIVER_QUEUE = 'segmenter_deliver'
+
+/**
+ * The wait before retry `attempt` (1 for the first) of a subscription whose target failed:
+ * exponential backoff with full jitter, uniform in [0, min(capMs, baseMs * 2^(attempt-1))].
+ * Full jitter spreads the retries of many subscriptions (or sidecars) hit by one outage.
+ */
+export function retryDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.max(0, attempt - 1))
+  return Math.round(random() * ceiling)
+}
 
 // pg-listen is CommonJS with `exports.default`; require it to get the function itself.
 const createSubscriber: typeof import('pg-listen').default = createRequire(import.meta.url)('pg-listen').default
@@ -24,7 +35,10 @@ export interface SidecarOptions {
   log: Logger
   /** Poll for work this often even without NOTIFY (Default: 1000 ms). */
   pollIntervalMs?: number
-  /** Subscriptions delivered in parallel (Default: 4). */
+  /**
+   * Subscriptions delivered in parallel (Default: 4). A round holds up to three of the pool's
+   * clients at once: size the pool with `poolSizeFor(concurrency)` (as `segmenter run` does).
+   */
   concurrency?: number
   /** Backoff for an unreachable target: base and cap (Default: 500 ms, 30 s), with full jitter. */
   retryBaseMs?: number
@@ -50,7 +64,19 @@ export interface Sidecar {
 export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const { pool, log } = opts
   const pollMs = opts.pollIntervalMs ?? 1000
-  const concurrency = opts.concurrency ?? 4
+  const requested = opts.concurrency ?? 4
+  // A round holds one pooled client for its advisory lock from start to end and takes more for its
+  // other queries. Rounds whose lock clients filled the pool would each wait for a client none of
+  // them gives back (10 rounds on a pool of 10 waited out the 10 s checkout timeout again and
+  // again). The pool should be poolSizeFor(concurrency); a smaller one runs fewer rounds at once,
+  // always leaving clients for those queries and the loop's sweep.
+  const poolMax = pool.options.max ?? 10
+  const concurrency = Math.max(1, Math.min(requested, poolMax - 2))
+  if (concurrency < requested)
+    log.warn(
+      { concurrency: requested, rounds: concurrency, poolMax, wanted: poolSizeFor(requested) },
+      'home pool too small for the concurrency: fewer rounds at once; size it with poolSizeFor(concurrency)',
+    )
   const ctx: DeliveryContext = {
     pool,
     log,
@@ -72,6 +98,18 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   })
   boss.on('error', (err) => log.error({ err }, 'pg-boss error'))
   await boss.start()
+  // The pool opens clients as rounds need them, so a concurrency the server cannot hold fails only
+  // under load ("too many clients"): say so at the start. pg-boss (2) and the listener (1) come on top.
+  await pool
+    .query<{ n: number }>(`select current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int as n`)
+    .then(({ rows: [row] }) => {
+      if (row && poolMax + 3 > row.n)
+        log.warn(
+          { poolMax, homeConnections: poolMax + 3, serverAllows: row.n },
+          'the home pool may open more connections than the server allows: lower SEGMENTER_CONCURRENCY or raise max_connections',
+        )
+    })
+    .catch(() => {})
 
   let stopping = false
   // A kick that lands while the loop is busy is remembered, so the next wait returns at once.
@@ -101,9 +139,13 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const due = new Set<string>() // subscriptions to deliver now
   const timers = new Map<string, NodeJS.Timeout>() // partial batches waiting for their timeout
   const failures = new Map<string, number>() // consecutive retry rounds per subscription
+  // Subscriptions in backoff, and when (performance.now()) their retry is due. Nothing delivers them
+  // before: a NOTIFY, the sweep or a pg-boss job that finds them pending wakes the loop, but only
+  // their retry timer puts them back in `due`.
+  const backoff = new Map<string, number>()
   const running = new Set<string>()
 
-  const schedule = (id: string, ms: number) => {
+  const schedule = (id: string, ms: number, then?: () => void) => {
     clearTimeout(timers.get(id))
     // No delayed pg-boss job here: it would hold the queue's one 'created' slot for this
     // subscription and swallow the jobs new changes create. A timer lost with this process is
@@ -112,6 +154,7 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
       id,
       setTimeout(() => {
         timers.delete(id)
+        then?.()
         due.add(id)
         kick()
       }, ms),
@@ -126,12 +169,13 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
       if (result.kind === 'retry') {
         const n = (failures.get(id) ?? 0) + 1
         failures.set(id, n)
-        const cap = Math.min(opts.retryMaxMs ?? 30_000, (opts.retryBaseMs ?? 500) * 2 ** (n - 1))
-        const delay = Math.round(cap / 2 + Math.random() * (cap / 2))
+        const delay = retryDelay(n, opts.retryBaseMs ?? 500, opts.retryMaxMs ?? 30_000)
         log.warn({ subscription: id, attempt: n, delayMs: delay, err: (result.error as Error)?.message }, 'target unavailable; retrying')
-        schedule(id, delay)
+        backoff.set(id, performance.now() + delay)
+        schedule(id, delay, () => backoff.delete(id))
       } else {
         failures.delete(id)
+        backoff.delete(id)
         if (result.kind === 'wait') schedule(id, Math.max(1, Math.ceil(result.ms)))
         if (result.kind === 'busy') schedule(id, pollMs)
       }
@@ -185,6 +229,15 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
         log.warn({ err: (err as Error).message }, 'home database unavailable; retrying')
       }
       for (const id of due) {
+        const retryAt = backoff.get(id)
+        if (retryAt !== undefined) {
+          // Its retry timer puts it back when the backoff is over.
+          if (retryAt > performance.now()) {
+            due.delete(id)
+            continue
+          }
+          backoff.delete(id)
+        }
         if (running.size >= concurrency) break
         if (running.has(id)) continue
         due.delete(id)

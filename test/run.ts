@@ -98,7 +98,17 @@ async function main(): Promise<number> {
     // --test-force-exit: a file whose tests all finished is done even if a client library still
     // holds a reconnect timer (seen once under full-suite load after the home-restart test);
     // a sidecar's own clean exit is asserted separately (test/ops.test.ts, SIGTERM → exit 0).
-    ['--import', 'tsx', '--test', '--test-force-exit', '--test-concurrency=2', `--test-timeout=${timeout}`, ...files],
+    [
+      '--import',
+      'tsx',
+      '--test',
+      '--test-force-exit',
+      '--test-concurrency=2',
+      `--test-timeout=${timeout}`,
+      // SEGMENTER_TEST_NAME=regex runs only the tests whose names match (make test-one, make chaos).
+      ...(process.env.SEGMENTER_TEST_NAME ? [`--test-name-pattern=${process.env.SEGMENTER_TEST_NAME}`] : []),
+      ...files,
+    ],
     {
       cwd: repo,
       stdio: 'inherit',

@@ -266,7 +266,20 @@ type Quoted = {
   open: { piece: number; start: number; end: number; at: number }
   slots: number[]
   other: boolean // anything besides exactly one slot between the quotes
+  // PostgreSQL continuation (see Join): the escape mode this literal continues in, whether it is the
+  // first thing after a loop or condition tag, and whether it holds a backslash.
+  cont?: JoinMode
+  head?: boolean
+  backslash?: boolean
 }
+// PostgreSQL joins string constants that touch ('a''b') or are separated only by whitespace with a
+// line break ('a'<newline>'b'): one literal, in the escape mode of its first part (so an E'…' part,
+// or a value the renderer wrote as E'…', makes a backslash in the next part an escape). A Join is
+// what the output so far ends with: a string literal of mode `plain`, `e` (E'…', B'…', X'…') or
+// `unknown` (a value: E'…' or '…' depending on the data), and how it touches what comes next.
+type JoinMode = 'plain' | 'e' | 'unknown'
+type Join = { mode: JoinMode; glued: boolean; nl: boolean }
+const PG_SPACE = /[ \t\n\r\f\v]/
 type State =
   | { m: 'code' }
   | Quoted
@@ -284,6 +297,7 @@ export function endsWord(text: string): boolean {
   return WORD_END.test(text.slice(-2)) // NaN (empty text) lands here too, and is no word
 }
 const WORD_CHAR = /[A-Za-z0-9_]/
+const IDENT_START = /[A-Za-z_]/
 const DOLLAR_TAG = /\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y
 const WHOLE_PREFIX = /^(|N|E|U&|R)$/i
 const NESTED_COMMENTS: ReadonlySet<Dialect> = new Set(['postgres', 'mssql', 'clickhouse'])
@@ -312,6 +326,20 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
   const edits: Array<Array<[number, number, string]>> = pieces.map(() => [])
   let st: State = { m: 'code' }
   const slotAt: number[] = []
+  const pg = dialect === 'postgres'
+  let join: Join | null = null
+  const touches = () => join !== null && (join.glued || join.nl)
+  // Loops and conditions reorder the output: what ends before any such tag (a tail) may meet what
+  // starts after any of them (a head).
+  const tails: JoinMode[] = []
+  const heads: Array<{ at: number; risky: boolean }> = []
+  let headPending = false
+  const joined = (at: number): never =>
+    fail(
+      at,
+      'a placeholder touches a string literal or another placeholder (PostgreSQL joins string constants that touch or are separated only by a line break into one literal)',
+      "separate them with || or a comma, or put them on one line with a space: 'a' || {x}",
+    )
 
   const finish = (q: Quoted, piece: number, start: number, end: number) => {
     if (!q.slots.length) return
@@ -331,6 +359,13 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
       contexts[q.slots[0]!] = { kind: 'ident', quote: q.q as IdentQuote }
       return dropQuotes()
     }
+    if (q.cont && whole) joined(first)
+    if (q.cont && q.cont !== 'plain')
+      fail(
+        first,
+        "a placeholder inside a string that PostgreSQL joins to an E'…' string or a value before it (they touch, or only a line break separates them) would be read with backslash escapes",
+        "separate the two with || or a comma, or put them on one line: 'a' || '…{x}…'",
+      )
     if (whole) {
       if (!WHOLE_PREFIX.test(q.prefix))
         fail(
@@ -365,6 +400,11 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
       if (st.m === 'code') {
         const prev = pieces[p - 1]
         contexts[n] = { kind: 'bare', space: prev?.kind === 'text' && WORD_END.test(prev.text) }
+        if (pg) {
+          if (touches()) joined(pc.at)
+          join = { mode: 'unknown', glued: true, nl: false }
+          headPending = false
+        }
       } else if (st.m === 'quoted') st.slots.push(n)
       else fail(pc.at, `${pc.name} is inside ${describe(st)}`, 'move it out; values cannot be escaped there')
       continue
@@ -376,6 +416,10 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
           `${pc.name} is inside ${describe(st)}`,
           'loops and conditions must start and end in plain SQL, outside quotes and comments',
         )
+      if (pg) {
+        if (join) tails.push(join.mode)
+        headPending = true
+      }
       continue
     }
     if (pc.kind === 'fixed') {
@@ -384,12 +428,22 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
     }
     const s = pc.text
     let i = 0
+    // Whether the text just before is part of an identifier, which a "$" then continues (Postgres
+    // reads a$b$ as one name, but 1$b$ and a closing $$ followed by $$ as a dollar quote).
+    let ident = false
     while (i < s.length) {
       const c = s[i]!
       const at = pc.at + i
       switch (st.m) {
         case 'code': {
           const next = s[i + 1]
+          if (pg && c !== "'") {
+            if (PG_SPACE.test(c)) {
+              if (join) ((join.glued = false), (join.nl ||= c === '\n' || c === '\r'))
+            } else if (c === '-' && next === '-') {
+              if (join) join.glued = false // a -- comment counts as whitespace; its line break ends it
+            } else ((join = null), (headPending = false))
+          }
           if (c === "'" || (c === '"' && (dialect === 'mysql' || dialect === 'bigquery'))) {
             let b = i
             while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--
@@ -401,24 +455,32 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
               const close = ({ '[': ']', '(': ')', '{': '}', '<': '>' } as Record<string, string>)[d!] ?? d!
               st = { m: 'qquote', close: close + "'", at }
               i += 2
+              ident = false
               break
             }
             const triple = dialect === 'bigquery' && s.startsWith(c.repeat(3), i)
             const bs =
               dialect === 'mysql' || dialect === 'bigquery' || dialect === 'clickhouse' || (dialect === 'postgres' && /^e$/i.test(prefix))
             const len = triple ? 3 : 1
+            // A plain ' that touches the literal before it continues it (prefix letters would have
+            // ended the join), in that literal's mode.
+            const cont = pg && touches() ? join!.mode : undefined
             st = {
               m: 'quoted',
               ident: false,
               q: c,
               close: c.repeat(len),
-              bs,
+              bs: bs || cont === 'e',
               triple,
               prefix,
               open: { piece: p, start: b, end: i + len, at },
               slots: [],
               other: false,
+              cont,
+              head: headPending,
             }
+            join = null
+            headPending = false
             i += len
           } else if (
             c === '"' ||
@@ -461,7 +523,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
               fail(at, 'MySQL executable comments /*! … */ are not supported', 'write the SQL without the comment wrapper')
             st = { m: 'block', depth: 1, at }
             i += 2
-          } else if (c === '$' && (dialect === 'postgres' || dialect === 'clickhouse') && !/[\p{L}\p{N}_$]/u.test(s[i - 1] ?? '')) {
+          } else if (c === '$' && (dialect === 'postgres' || dialect === 'clickhouse') && !ident) {
             // ClickHouse reads "$anything$" as a heredoc whose end it searches for anywhere
             // later, values included; refusing "$" is simpler than predicting that.
             if (dialect === 'clickhouse')
@@ -470,10 +532,26 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
             const m = DOLLAR_TAG.exec(s)
             if (m) ((st = { m: 'dollar', tag: m[0], at }), (i += m[0].length))
             else i++
-          } else i++
+          } else {
+            // Postgres identifiers: a letter, "_" or any non-ASCII character starts or continues
+            // one; digits and "$" continue one.
+            ident = IDENT_START.test(c) || c.charCodeAt(0) >= 0x80 ? true : c === '$' || (c >= '0' && c <= '9') ? ident : false
+            i++
+            continue
+          }
+          ident = false
           break
         }
         case 'quoted': {
+          if (pg && c === '\\' && !st.ident) {
+            st.backslash = true
+            if (st.cont === 'unknown')
+              fail(
+                at,
+                "a backslash in a string that PostgreSQL joins to a value before it (they touch, or only a line break separates them): the value may be written as E'…', which makes the backslash an escape",
+                "separate the two with || or a comma, or put them on one line: {x} || 'a\\b'",
+              )
+          }
           if (st.bs && c === '\\') {
             if (i + 1 >= s.length) fail(at, 'a placeholder cannot follow a backslash inside a string literal', 'remove the backslash')
             if (dialect === 'mysql' && s[i + 1] === st.q)
@@ -491,6 +569,12 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
             } else {
               finish(st, p, i, i + st.close.length)
               i += st.close.length
+              if (pg && !st.ident) {
+                const whole = st.slots.length === 1 && !st.other
+                const mode: JoinMode = st.cont ?? (whole ? 'unknown' : /^[ebx]$/i.test(st.prefix) ? 'e' : 'plain')
+                join = { mode, glued: true, nl: false }
+                if (st.head) heads.push({ at: st.open.at, risky: (st.slots.length > 0 && !whole) || !!st.backslash })
+              }
               st = { m: 'code' }
             }
           } else {
@@ -502,7 +586,10 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
         case 'line':
           if (c === '\r' && s[i + 1] !== '\n')
             fail(at, 'a lone carriage return inside a -- comment', 'servers disagree on where such a comment ends; use \\n line breaks')
-          if (c === '\n') st = { m: 'code' }
+          if (c === '\n') {
+            st = { m: 'code' }
+            if (join) join.nl = true
+          }
           i++
           break
         case 'block':
@@ -529,6 +616,13 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
     const at = st.m === 'quoted' ? st.open.at : st.at
     fail(at, `${describe(st)} is never closed`, 'close it; the scanner must know where every literal ends')
   }
+  const risky = heads.find((h) => h.risky)
+  if (risky && tails.some((m) => m !== 'plain'))
+    fail(
+      risky.at,
+      "a string with a backslash or a placeholder right after a loop or condition tag may be joined by PostgreSQL to an E'…' string or a value that ends before such a tag (string constants that touch or are separated only by a line break are one literal, in the first one's escape mode)",
+      'put a comma, an operator or other SQL between the tag and the string, or end the text before the tag with something other than a string',
+    )
   const texts = pieces.map((pc, i) => {
     if (pc.kind !== 'text') return ''
     let t = pc.text
