@@ -1,6 +1,6 @@
 # Targets are documented by their `## ` comment; `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help install typecheck format test test-one demo bench clean
+.PHONY: help install typecheck format test test-one chaos demo bench clean
 
 help: ## list targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -22,9 +22,12 @@ format: install ## format the TypeScript sources with prettier
 test: install typecheck ## run all tests against throwaway Postgres + MariaDB servers
 	node --import tsx test/run.ts
 
-test-one: install ## run one test file: make test-one FILE=test/foo.test.ts
+test-one: install ## run one test file: make test-one FILE=test/foo.test.ts [SEGMENTER_TEST_NAME=regex]
 	@test -n "$(FILE)" || { echo "usage: make test-one FILE=test/foo.test.ts" >&2; exit 2; }
 	node --import tsx test/run.ts $(FILE)
+
+chaos: install ## run the fault tests CHAOS_RUNS times each (default 3) on fresh servers and print a table of outcomes
+	node --import tsx test/chaos.ts $(CHAOS_RUNS)
 
 demo: install ## run the demo (src/demo.ts)
 	node --import tsx src/demo.ts

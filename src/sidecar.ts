@@ -189,10 +189,11 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   }
 
   // Subscriptions with anything pending, found by SQL: covers lost jobs and lost notifications.
+  // One held in an error state waits for its cause to be fixed (which wakes it), not for a poll.
   const sweep = async () => {
     const { rows } = await pool.query<{ subscription_id: string }>(
       `select s.subscription_id from segmenter.subscriptions s
-       where s.state = 'active' and exists (
+       where s.state = 'active' and s.error is null and exists (
          select 1 from segmenter.changes c
          where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
            and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and c.members > s.cursor_ord)))`,

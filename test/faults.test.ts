@@ -30,6 +30,7 @@ const REMOVE = 'delete from members where member in ({batch_in "id"})'
 
 interface World {
   home: FreshPg
+  /** MariaDB unless the world was made with `target: 'postgres'` (the tests below that say so). */
   target: FreshMysql
   env: NodeJS.ProcessEnv
   segmentId: string
@@ -41,16 +42,25 @@ interface World {
 
 async function world(
   defer: ReturnType<typeof deferrer>,
-  opts: { addSql?: string; clearSql?: string | null; batchSize?: number; lanes?: number; targetDdl?: string[] } = {},
+  opts: {
+    addSql?: string
+    clearSql?: string | null
+    batchSize?: number
+    lanes?: number
+    targetDdl?: string[]
+    target?: 'mysql' | 'postgres'
+  } = {},
 ): Promise<World> {
   const home = await freshPg()
   defer(() => home.close())
-  const target = await freshMysql()
+  const kind = opts.target ?? 'mysql'
+  const target = (kind === 'mysql' ? await freshMysql() : await freshPgPlain()) as FreshMysql
   defer(() => target.close())
   for (const ddl of opts.targetDdl ?? ['create table members (member varchar(64) not null)']) await target.query(ddl)
   await home.query(DDL)
   const [{ id }] = await home.query(`select segmenter.create_segment('seg', 'seg') as id`)
-  await home.query(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'TARGET_URL', $1::jsonb)`, [
+  await home.query(`select segmenter.create_consumer('maria', $1, $1, 'TARGET_URL', $2::jsonb)`, [
+    kind,
     JSON.stringify({ lanes: opts.lanes ?? 1 }),
   ])
   await home.query(
@@ -146,10 +156,15 @@ for (const lanes of [1, 2]) {
   })
 }
 
-for (const lanes of [1, 2]) {
-  test(`two sidecars, the lock holder's home session terminated again and again: nothing twice (lanes ${lanes})`, async (t) => {
+for (const [lanes, target] of [
+  [1, 'mysql'],
+  [2, 'mysql'],
+  [1, 'postgres'],
+  [2, 'postgres'],
+] as const) {
+  test(`two sidecars, the lock holder's home session terminated again and again: nothing twice (lanes ${lanes}, ${target} target)`, async (t) => {
     const defer = deferrer(t)
-    const w = await world(defer, { batchSize: 200, lanes })
+    const w = await world(defer, { batchSize: 200, lanes, target })
     const sidecars = await Promise.all(
       [0, 1].map(() =>
         startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 50, env: w.env, retryBaseMs: 50, retryMaxMs: 200 }, defer),
@@ -173,6 +188,40 @@ for (const lanes of [1, 2]) {
     for (const s of sidecars) await s.stop()
   })
 }
+
+test('a standby sidecar takes over after kill -9 of the active one while the target is slow, three times: exact', async (t) => {
+  const defer = deferrer(t)
+  // Every batch sleeps in the target: a killed sidecar leaves a transaction running there.
+  const w = await world(defer, { addSql: `${ADD}; do sleep(0.03)`, batchSize: 250 })
+  await w.home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 40000) g`, [w.segmentId])
+  const children = new Map<string, ChildProcess>()
+  const start = (name: string) => {
+    // The name shows in pg_stat_activity: it says which sidecar holds the subscription's lock.
+    const child = spawnSidecar(w, { DATABASE_URL: `${w.home.url}?application_name=${name}` })
+    children.set(name, child)
+    defer(() => child.kill('SIGKILL'))
+  }
+  start('s0')
+  start('s1')
+  const holder = async () =>
+    (
+      await w.home.query(`select a.application_name as name from pg_locks l join pg_stat_activity a using (pid)
+                          where l.locktype = 'advisory' and l.classid = ${0x5e6d} and l.granted`)
+    ).at(0)?.name as string | undefined
+  for (let kill = 0; kill < 3; kill++) {
+    const before = (await w.targetMembers()).length
+    await until('the holder delivered more', async () => (await w.targetMembers()).length > before + 2000 && (await holder()), 60_000)
+    const name = (await holder())!
+    const victim = children.get(name)!
+    victim.kill('SIGKILL')
+    await killed(victim)
+    children.delete(name)
+    start(`s${kill + 2}`) // a new standby; the old one takes over
+    assert.ok((await w.targetMembers()).length < 40000, 'killed mid-delivery')
+  }
+  await converged(w, 120_000)
+  for (const child of children.values()) child.kill('SIGTERM')
+})
 
 test('a home restored from a backup: the target ahead of it holds the subscription (diverged), a resync makes it exact', async (t) => {
   const defer = deferrer(t)
@@ -496,3 +545,48 @@ test('a subscription held for a broken template does not keep a sidecar from del
   assert.equal(broken.error_kind, 'template')
   assert.match(broken.last_error, /add_sql/)
 })
+
+for (const kind of ['mysql', 'postgres'] as const) {
+  test(`${kind} sink: a transaction from a checkpoint another sink moved commits nothing (apply and a lane's commit), and says so`, async (t) => {
+    const defer = deferrer(t)
+    const target = (kind === 'mysql' ? await freshMysql() : await freshPgPlain()) as FreshMysql
+    defer(() => target.close())
+    await target.query('create table members (member varchar(64) not null)')
+    const { openMysqlSink } = await import('../src/sinks/mysql.js')
+    const { openPostgresSink } = await import('../src/sinks/postgres.js')
+    const { isFenced } = await import('../src/sinks/index.js')
+    const open = () =>
+      kind === 'mysql'
+        ? openMysqlSink(target.url, kind, 'home-1', { lanes: 2 })
+        : openPostgresSink(target.url, kind, 'home-1', { lanes: 2 })
+    const [a, b] = [await open(), await open()]
+    defer(() => a.close())
+    defer(() => b.close())
+    const insert = (m: string) => `insert into members (member) values ('${m}')`
+    assert.deepEqual(await a.checkpoint('k'), { pos: 0n, ord: 0, home: 'home-1' })
+    assert.deepEqual(await b.checkpoint('k'), { pos: 0n, ord: 0, home: 'home-1' })
+    await b.apply([insert('b1')], 'k', { pos: 5n, ord: 1 }) // the sidecar that took over
+    await assert.rejects(a.apply([insert('a1')], 'k', { pos: 5n, ord: 1 }), (err) => isFenced(err))
+    // A lane's transaction ran its statements before the checkpoint moved: its commit is fenced too.
+    await b.apply([insert('b2')], 'k', { pos: 6n, ord: 1 })
+    const lane = b.begin([insert('late')])
+    await lane.executed
+    const other = await open()
+    defer(() => other.close())
+    await other.checkpoint('k')
+    await other.apply([insert('o1')], 'k', { pos: 7n, ord: 1 })
+    await assert.rejects(lane.commit('k', { pos: 7n, ord: 1 }), (err) => isFenced(err))
+    const rows = (await target.query('select member from members order by member')).map((r: { member: string }) => r.member)
+    assert.deepEqual(rows, ['b1', 'b2', 'o1'], 'only the transactions that found the checkpoint where they started from committed')
+    // The fenced sink reads the checkpoint again and goes on from there.
+    assert.equal(a.lastCommitted('k'), null)
+    assert.deepEqual(await a.checkpoint('k'), { pos: 7n, ord: 1, home: 'home-1' })
+    await a.apply([insert('a2')], 'k', { pos: 8n, ord: 1 })
+    // A checkpoint written by another home is not moved by this one.
+    const stranger = kind === 'mysql' ? await openMysqlSink(target.url, kind, 'home-2') : await openPostgresSink(target.url, kind, 'home-2')
+    defer(() => stranger.close())
+    assert.equal((await stranger.checkpoint('k')).home, 'home-1')
+    await assert.rejects(stranger.apply([insert('s1')], 'k', { pos: 9n, ord: 1 }), (err) => isFenced(err))
+    assert.equal(Number((await target.query(`select count(*) as n from members where member = 's1'`))[0].n), 0)
+  })
+}
