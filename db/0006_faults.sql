@@ -119,9 +119,9 @@ begin
       select segment_id, 'remove', array_agg(member), count(*)
       from (select segment_id, id::text as member, (row_number() over () - 1) / 10000 as chunk
             from old_rows where actual_end = 'infinity' and id is not null
-              and segment_id is distinct from clearing
-              and segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')) r
+              and segment_id is distinct from clearing) r
       group by segment_id, chunk
+      having segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')
       order by segment_id, chunk
       returning segment_id)
     select array_agg(distinct segment_id) into touched from ins;
@@ -142,9 +142,9 @@ begin
            insert into segmenter.changes (segment_id, event, ids, members)
            select segment_id, event, array_agg(member), count(*)
            from (select e.*, (row_number() over () - 1) / 10000 as chunk from e
-                 where not (e.event = 'remove' and e.segment_id is not distinct from clearing)
-                   and e.segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')) r
+                 where not (e.event = 'remove' and e.segment_id is not distinct from clearing)) r
            group by segment_id, event, chunk
+           having segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')
            order by event, segment_id, chunk
            returning segment_id)
     select array_agg(distinct segment_id) into touched from ins;
@@ -168,7 +168,9 @@ begin
 end $$;
 
 -- INSERT and DELETE: only current segments are captured: a retired segment's segment_delete is
--- its last event (re-creating it under its name revives it, see create_segment).
+-- its last event (re-creating it under its name revives it, see create_segment). The check is on
+-- the grouped chunks (HAVING), a few per statement, not on every row: per row it took bench/capture's
+-- 1M-row UPDATE to 1.51x the uncaptured one, per chunk 1.29x (INSERT 1.20x and 1.03x).
 create or replace function segmenter.tg_segment_table__capture_insert() returns trigger
 language plpgsql set work_mem = '64MB' as $$
 declare touched uuid[];
@@ -177,9 +179,9 @@ begin
     insert into segmenter.changes (segment_id, event, ids, members)
     select segment_id, 'add', array_agg(member), count(*)
     from (select segment_id, id::text as member, (row_number() over () - 1) / 10000 as chunk
-          from new_rows where actual_end = 'infinity' and id is not null
-            and segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')) r
+          from new_rows where actual_end = 'infinity' and id is not null) r
     group by segment_id, chunk
+    having segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')
     order by segment_id, chunk
     returning segment_id)
   select array_agg(distinct segment_id) into touched from ins;
@@ -195,9 +197,9 @@ begin
     insert into segmenter.changes (segment_id, event, ids, members, rows)
     select segment_id, 'remove', array_agg(member), count(*), jsonb_agg(row)
     from (select segment_id, id::text as member, to_jsonb(r) as row, (row_number() over () - 1) / 10000 as chunk
-          from old_rows r where actual_end = 'infinity' and id is not null
-            and segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')) d
+          from old_rows r where actual_end = 'infinity' and id is not null) d
     group by segment_id, chunk
+    having segment_id in (select g.segment_id from segmenter.segments g where g.actual_end = 'infinity')
     order by segment_id, chunk
     returning segment_id)
   select array_agg(distinct segment_id) into touched from ins;

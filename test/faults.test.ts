@@ -590,3 +590,17 @@ for (const kind of ['mysql', 'postgres'] as const) {
     assert.equal(Number((await target.query(`select count(*) as n from members where member = 's1'`))[0].n), 0)
   })
 }
+
+test('after prune() emptied the change log, new changes get positions after every cursor and are delivered', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer)
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 50, env: w.env }, defer)
+  await w.home.query(`select segmenter.add_members('seg', array(select 'p' || g from generate_series(1, 30) g))`)
+  await converged(w)
+  await homeCaughtUp(w.home.query)
+  await w.home.query(`update segmenter.changes set at = now() - interval '2 days'`)
+  await w.home.query('select segmenter.prune()')
+  assert.equal((await w.home.query('select count(*)::int as n from segmenter.changes'))[0].n, 0, 'prune took every change')
+  await w.home.query(`select segmenter.add_members('seg', array['q1', 'q2'])`)
+  await converged(w)
+})
