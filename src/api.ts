@@ -121,3 +121,45 @@ export const resync = (db: Db, subscription: string) =>
   call<string>(db, 'select segmenter.resync(subscription => $1::text) as result', [subscription])
 export const replayDeadLetters = async (db: Db, subscription: string) =>
   Number(await call<string>(db, 'select segmenter.replay_dead_letters(subscription => $1::text) as result', [subscription]))
+
+/**
+ * What alter_subscription changes. A key left out (undefined) is not passed, so the value stays;
+ * an empty string removes an optional template, the description or the audience.
+ */
+export interface SubscriptionChanges {
+  addSql?: string
+  removeSql?: string
+  clearSql?: string
+  updateSql?: string
+  segmentUpsertSql?: string
+  segmentDeleteSql?: string
+  batchSize?: number
+  /** A Postgres interval, e.g. '2 s'. */
+  batchTimeout?: string
+  description?: string
+  audience?: string
+}
+const ALTER_ARGS: Record<keyof SubscriptionChanges, [string, string]> = {
+  addSql: ['add_sql', 'text'],
+  removeSql: ['remove_sql', 'text'],
+  clearSql: ['clear_sql', 'text'],
+  updateSql: ['update_sql', 'text'],
+  segmentUpsertSql: ['segment_upsert_sql', 'text'],
+  segmentDeleteSql: ['segment_delete_sql', 'text'],
+  batchSize: ['batch_size', 'int'],
+  batchTimeout: ['batch_timeout', 'interval'],
+  description: ['description', 'text'],
+  audience: ['audience', 'text'],
+}
+
+/** Change a subscription in place (alter_subscription): cursor, sync key and dead letters stay. */
+export const alterSubscription = async (db: Db, name: string, changes: SubscriptionChanges = {}) => {
+  const args = ['name => $1::text']
+  const params: unknown[] = [name]
+  for (const [key, [arg, type]] of Object.entries(ALTER_ARGS) as Array<[keyof SubscriptionChanges, [string, string]]>) {
+    if (changes[key] === undefined) continue
+    params.push(changes[key])
+    args.push(`${arg} => $${params.length}::${type}`)
+  }
+  return String(await call<string>(db, `select segmenter.alter_subscription(${args.join(', ')}) as result`, params))
+}

@@ -1,11 +1,11 @@
 // The `segmenter` command. Every command works on DATABASE_URL; `migrate` and `run` are the two an
 // operator needs, the others are SQL API calls with readable output (or --json).
-import { Command } from 'commander'
+import { Command, InvalidArgumentError } from 'commander'
 import { loadConfig } from './config.js'
-import { createPool, endPool } from './db.js'
-import { fromPgError } from './errors.js'
+import { createPool, endPool, poolSizeFor } from './db.js'
+import { fromPgError, SegmenterError } from './errors.js'
 import { createLogger } from './logger.js'
-import { refreshSegment } from './api.js'
+import { alterSubscription, refreshSegment, type SubscriptionChanges } from './api.js'
 import { migrate } from './migrate.js'
 import { previewSubscription } from './preview.js'
 import { runDueRefreshes } from './refresh.js'
@@ -78,7 +78,8 @@ program
     const url = await databaseUrl()
     const log = createLogger(config.logLevel)
     await migrate(url)
-    const pool = createPool(url)
+    // Sized from the concurrency: every round in flight holds up to three clients at once.
+    const pool = createPool(url, poolSizeFor(config.concurrency))
     const metrics = createMetrics(pool)
     const sidecar = await startSidecar({
       databaseUrl: url,
@@ -175,6 +176,44 @@ program
       console.log(`-- ${pv.subscription}: segment ${pv.segment}, ${pv.members} member(s), dialect ${pv.dialect}`)
       for (const [event, sql] of Object.entries(pv.statements)) if (sql !== null) console.log(`-- ${event}\n${sql}\n`)
     }
+  })
+
+const wholeNumber = (v: string) => {
+  if (!/^-?\d+$/.test(v)) throw new InvalidArgumentError(`"${v}" is not a whole number`)
+  return Number(v)
+}
+program
+  .command('alter <subscription>')
+  .description(
+    "change a subscription's templates, batching or description in place (cursor and dead letters stay); '' removes an optional template",
+  )
+  .option('--add-sql <sql>', 'the add template')
+  .option('--remove-sql <sql>', 'the remove template')
+  .option('--clear-sql <sql>', "the clear template ('' removes it)")
+  .option('--update-sql <sql>', "the update template ('' removes it: updates use the add template)")
+  .option('--segment-upsert-sql <sql>', "the segment_upsert template ('' removes it)")
+  .option('--segment-delete-sql <sql>', "the segment_delete template ('' removes it)")
+  .option('--batch-size <n>', 'members per batch', wholeNumber)
+  .option('--batch-timeout <interval>', "flush a batch this old, e.g. '2 s'")
+  .option('--description <text>', "the description ('' removes it)")
+  .option('--audience <name>', "the target audience name ('' removes it)")
+  .option('--json', 'JSON output')
+  .action(async (name: string, o: SubscriptionChanges & { json?: boolean }) => {
+    const { json, ...changes } = o
+    const id = await withPool((p) => alterSubscription(p, name, changes)).catch((err: unknown) => {
+      // A template the sidecar would not compile is bad configuration too (exit 2).
+      const e = fromPgError(err)
+      if (e instanceof SegmenterError && e.code === 'TEMPLATE_INVALID')
+        throw new SegmenterError('CONFIG_INVALID', e.message, { cause: e, sqlState: e.sqlState, hint: e.hint })
+      throw e
+    })
+    const changed = Object.keys(changes).map((k) => k.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase())) // as the SQL names them
+    print(
+      json
+        ? { subscription: name, subscription_id: id, changed }
+        : `${name} altered${changed.length ? `: ${changed.join(', ')}` : ' (nothing changed; checked again and woken)'}`,
+      !!json,
+    )
   })
 
 const dead = program.command('dead-letters').description('list or replay events a target rejected')

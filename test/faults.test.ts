@@ -534,7 +534,7 @@ test('a subscription held for a broken template does not keep a sidecar from del
   })
   // A Squirrelly syntax error SQL cannot see (it is JavaScript): the sidecar's compiler holds it.
   await w.home.query(
-    `select segmenter.create_subscription(name => 'broken', consumer => 'maria', segments => array['seg'], add_sql => 'insert {{ it.batch.map(( }}',
+    `select segmenter.create_subscription(name => 'broken', consumer => 'maria', segments => array['seg'], add_sql => 'insert {{ it.segment_id + }}',
        remove_sql => 'delete from members where 1 = 0')`,
   )
   await w.home.query(`select segmenter.add_members('seg', array['g1', 'g2'])`)

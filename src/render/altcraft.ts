@@ -7,6 +7,10 @@
 //
 // {for} and {end} alone on their line take the whole line with them (like Mustache
 // standalone tags), so the documented layout renders one row per line with no blank lines.
+//
+// db/0007_templates.sql ports this compiler's checks to plpgsql (segmenter._altcraft_fields), so
+// create_subscription refuses what it refuses: change both together; test/template_check.test.ts
+// fails when they disagree.
 import {
   analyze,
   fieldValue,

@@ -243,6 +243,9 @@ export function fieldValue(lead: Record<string, unknown>, field: string): unknow
 // Scanner: follows the dialect's lexer over the template text (placeholders are opaque) so a
 // placeholder's surroundings are known at compile time. Wherever it cannot be sure what the
 // server will see, it refuses the template rather than guess.
+// db/0007_templates.sql ports analyze() to plpgsql (segmenter._scan_sql) so that the home refuses
+// the same templates when a subscription is written: change both together;
+// test/template_check.test.ts fails when they disagree.
 
 export type Piece =
   | { kind: 'text'; text: string; at: number }

@@ -56,6 +56,7 @@ interface Tag {
   prefix: string
   trimBefore?: string // `-` or `_` right after `{{`: trims the text before the tag
   trimAfter?: string // `-` or `_` right before `}}`: trims the text after the tag
+  selfClosing: boolean // `/}}`: a self-closing helper
 }
 
 function scanTags(src: string): Tag[] {
@@ -75,7 +76,16 @@ function scanTags(src: string): Tag[] {
         r.lastIndex = c.index
         skipTo = r.exec(src) ? r.lastIndex : 1
       } else if (c[3])
-        tag = { start: m.index, body, close: c.index, end: CLOSE.lastIndex, prefix: m[2] ?? '', trimBefore: m[1], trimAfter: c[5] }
+        tag = {
+          start: m.index,
+          body,
+          close: c.index,
+          end: CLOSE.lastIndex,
+          prefix: m[2] ?? '',
+          trimBefore: m[1],
+          trimAfter: c[5],
+          selfClosing: !!c[4],
+        }
       if (skipTo === 1) break // unclosed string or comment: parse() has already reported it
       if (skipTo) CLOSE.lastIndex = skipTo
     }
@@ -119,6 +129,67 @@ const HELPERS: Record<string, unknown> = {
 }
 const NATIVE: Record<string, unknown> = { if: Sqrl.nativeHelpers.get('if'), try: Sqrl.nativeHelpers.get('try') }
 const HELPER_NAMES = [...Object.keys(HELPERS), ...Object.keys(NATIVE)]
+/** The {{#block}} names each helper takes (Squirrelly drops the others' content, or fails at render). */
+const HELPER_BLOCKS: Record<string, string[]> = { rows: ['sep'], each: [], foreach: [], if: ['elif', 'else'], try: ['catch'] }
+/** Filters an author may write; `__sql` is the hidden one every interpolation ends in. */
+const FILTER_NAMES = ['in']
+
+// Everything below is decided from Squirrelly's own parse of the template, so what it refuses is
+// exactly what db/0007_templates.sql (segmenter._template_fields, a port of this file's checks
+// and of Squirrelly's parser) refuses when a subscription is written. Change both together;
+// test/template_check.test.ts fails when they disagree.
+
+/**
+ * Refuse what Squirrelly would parse but not compile or render: unknown helpers, filters other
+ * than `in` (a missing filter is only found while rendering), filters on helpers, blocks a helper
+ * does not take (their text would silently vanish), self-closing helpers.
+ */
+function checkAst(ast: AstNode[], tags: Tag[], fail: (at: number, problem: string, fix: string) => never): void {
+  // Squirrelly's nodes, walked depth first with each helper's blocks after its body, come in the
+  // order of the tags that open them (closing tags make no node).
+  const opening = tags.filter((t) => t.prefix !== '/')
+  let k = 0
+  const where = () => opening[k++]?.start ?? 0
+  const filters = (node: Exclude<AstNode, string>, at: number, what: string) => {
+    for (const [name] of node.f ?? []) {
+      if (node.t !== 'i')
+        fail(at, `${what} has a filter (| ${name}); filters apply to {{ value }} interpolations only`, 'remove the filter')
+      if (!FILTER_NAMES.includes(name))
+        fail(
+          at,
+          `unknown filter "${name}"`,
+          `available filters: ${FILTER_NAMES.map((f) => `| ${f}`).join(', ')} (e.g. {{ it.batch | in("id") }}); compute anything else in the expression itself`,
+        )
+    }
+  }
+  const walk = (nodes: AstNode[]) => {
+    for (const node of nodes) {
+      if (typeof node === 'string') continue
+      const at = where()
+      if (node.t === 's')
+        fail(at, `self-closing helper {{@${node.n ?? ''} /}} is not supported`, `write {{@${node.n ?? ''}(…) => x}}…{{/${node.n ?? ''}}}`)
+      if (node.t === 'h' && !HELPER_NAMES.includes(node.n ?? ''))
+        fail(at, `unknown helper @${node.n ?? ''}`, `available helpers: ${HELPER_NAMES.map((h) => '@' + h).join(', ')}`)
+      filters(node, at, node.t === 'h' ? `helper @${node.n}` : 'the tag')
+      if (node.d) walk(node.d)
+      const allowed = HELPER_BLOCKS[node.n ?? ''] ?? []
+      for (const b of node.b ?? []) {
+        const bat = where()
+        if (!allowed.includes(b.n ?? ''))
+          fail(
+            bat,
+            `@${node.n} does not take a {{#${b.n ?? ''}}} block`,
+            allowed.length ? `blocks of @${node.n}: ${allowed.map((a) => `{{#${a}}}`).join(', ')}` : `remove the block`,
+          )
+        filters(b, bat, `block {{#${b.n}}}`)
+        walk(b.d)
+      }
+      if (node.t === 'h' && node.n === 'try' && node.b?.length !== 1)
+        fail(at, '@try takes exactly one {{#catch}} block', 'write {{@try}}…{{#catch => e}}…{{/try}}')
+    }
+  }
+  walk(ast)
+}
 
 function leadView(member: Record<string, unknown>): Record<string, unknown> {
   return new Proxy(member, {
@@ -190,8 +261,9 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
   })
 
   // 1. Squirrelly's own syntax check first, so its positions refer to the author's text.
+  let ast: AstNode[]
   try {
-    Sqrl.parse(source, config)
+    ast = Sqrl.parse(source, config)
   } catch (e) {
     throw fromSqrl(e)
   }
@@ -208,6 +280,7 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
     return { kind: 'text', text, at: from + cut }
   }
   let last = 0
+  let open = 0 // helpers open around the tag
   tags.forEach((t, k) => {
     pieces.push(textPiece(last, t.start, tags[k - 1]?.trimAfter, t.trimBefore))
     const content = source.slice(t.body, t.close)
@@ -227,12 +300,21 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
         if (!HELPER_NAMES.includes(name))
           fail(t.start, `unknown helper @${name}`, `available helpers: ${HELPER_NAMES.map((h) => '@' + h).join(', ')}`)
         for (const m of content.matchAll(/=>\s*\(?\s*([A-Za-z_$][\w$]*)/g)) boundNames.add(m[1]!)
-      }
+        if (!t.selfClosing) open++
+      } else if (t.prefix === '/') open--
+      else if (t.prefix === '#' && open === 0)
+        fail(
+          t.start,
+          `${text} is outside a helper`,
+          'blocks belong inside one: {{@if(…)}}…{{#else}}…{{/if}}, {{@rows(…) => x}}…{{#sep}}…{{/rows}}',
+        )
       pieces.push({ kind: 'ctl', at: t.start, name: text })
     }
     last = t.end
   })
   pieces.push(textPiece(last, source.length, tags[tags.length - 1]?.trimAfter))
+
+  checkAst(ast, tags, fail)
 
   // 3. Decide each placeholder's SQL context, then rewrite the template accordingly.
   const analysis = analyze(pieces, dialect, source)
@@ -273,9 +355,11 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
   const names = [...boundNames].map((n) => n.replaceAll('$', '\\$')).join('|')
   for (const t of tags) {
     const content = source.slice(t.body, t.close)
-    for (const m of content.matchAll(new RegExp(`(?<![\\w$.])(?:${names})(?:\\.([A-Za-z_$][\\w$]*)|\\[\\s*(['"])(.+?)\\2\\s*\\])`, 'g')))
-      fields.add((m[1] ?? m[3])!)
-    for (const m of content.matchAll(/\|\s*in\s*\(\s*(['"])(.+?)\1/g)) fields.add(m[2]!)
+    for (const m of content.matchAll(
+      new RegExp(`(?<![\\w$.])(?:${names})(?:\\.([A-Za-z_$][\\w$]*)|\\[\\s*(?:"([^"]+)"|'([^']+)')\\s*\\])`, 'g'),
+    ))
+      fields.add((m[1] ?? m[2] ?? m[3])!)
+    for (const m of content.matchAll(/\|\s*in\s*\(\s*(?:"([^"]+)"|'([^']+)')/g)) fields.add((m[1] ?? m[2])!)
   }
 
   return {
