@@ -2,6 +2,7 @@
 // what happened. A fault test passes only if the target, without a unique key, ends equal to the
 // segment row for row. Usage: node --import tsx test/chaos.ts [runs] (Default: CHAOS_RUNS or 3).
 import { spawn } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -42,7 +43,7 @@ interface Outcome {
 const outcomes = new Map<string, Outcome[]>(FAULTS.map((f) => [f.fault, []]))
 
 /** One run of every fault test on fresh servers; the TAP lines say what passed. */
-async function runOnce(): Promise<void> {
+async function runOnce(run: number): Promise<void> {
   const pattern = FAULTS.map((f) => f.test.source).join('|')
   const child = spawn(process.execPath, ['--import', 'tsx', 'test/run.ts', ...FILES], {
     cwd: repo,
@@ -52,6 +53,9 @@ async function runOnce(): Promise<void> {
   let out = ''
   child.stdout.on('data', (d: Buffer) => (out += d.toString()))
   await new Promise((r) => child.on('exit', r))
+  // The whole TAP output, sidecar logs included (a test's stderr reaches it as comments).
+  mkdirSync(`${repo}/.test-servers`, { recursive: true })
+  writeFileSync(`${repo}/.test-servers/chaos-run-${run}.tap`, out)
   // "ok 3 - name" or "not ok 3 - name", then its YAML block with duration_ms and error.
   const blocks = out.split(/\n(?=(?:not )?ok \d+ - )/)
   for (const block of blocks) {
@@ -67,7 +71,7 @@ async function runOnce(): Promise<void> {
 
 for (let i = 1; i <= runs; i++) {
   console.error(`=== chaos run ${i} of ${runs}`)
-  await runOnce()
+  await runOnce(i)
 }
 
 const rows = FAULTS.map(({ fault }) => {
@@ -88,4 +92,5 @@ console.log('| fault | runs | passed | median s | outcome |')
 console.log('|---|---|---|---|---|')
 for (const r of rows) console.log(`| ${r.fault} | ${r.runs} | ${r.passed} | ${r.median} | ${r.outcome} |`)
 const bad = rows.filter((r) => r.passed !== runs)
+if (bad.length > 0) console.error(`the runs' TAP output, with the sidecars' logs: .test-servers/chaos-run-*.tap`)
 process.exit(bad.length === 0 ? 0 : 1)
