@@ -108,8 +108,8 @@ console.table(
 )
 console.log(`
 Done in ${((Date.now() - t0) / 1000).toFixed(1)} s. The data stays in ./.segmenter/.
-  npx segmenter status              (starts the embedded server again; any command does)
-  npx segmenter run                 (the sidecar; while it runs, psql works:)
+  node bin/segmenter.js status      (starts the embedded server again; any command does)
+  node bin/segmenter.js run         (the sidecar; while it runs, psql works:)
   psql ${home}`)
 await target.end()
 await pool.end()
