@@ -126,7 +126,10 @@ export async function deliverSubscription(
         if (known) from = known
         else {
           const target = await sink.checkpoint(sub.sync_key)
-          const diverged = divergence(sub, target, home!)
+          // The high-water mark read after the checkpoint: every position in the target was
+          // assigned before it was delivered, so before this read (a sidecar that lost its lock may
+          // have delivered positions assigned after this call began).
+          const diverged = divergence(sub, target, await homeIdentity(ctx.pool))
           if (diverged) return hold(ctx, sub, 'diverged', diverged, divergedHint(sub))
           from = target
         }
