@@ -62,6 +62,7 @@ export async function openMysqlSink(
   return sqlSink(
     {
       dialect,
+      home,
       maxStatementBytes: Math.floor(Number(packet) * 0.9) - 1024,
       lanes: options.lanes ?? DEFAULT_LANES,
       connect,

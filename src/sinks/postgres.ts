@@ -45,6 +45,7 @@ export async function openPostgresSink(
   return sqlSink(
     {
       dialect,
+      home,
       maxStatementBytes: 512 * 1024 * 1024, // Postgres caps a query message at 1 GB
       lanes: options.lanes ?? DEFAULT_LANES,
       connect,

@@ -84,6 +84,8 @@ export interface OpenTransaction {
 /** What a target needs to provide; the lanes, scripts and error handling are shared. */
 export interface SqlTarget<C> {
   dialect: Dialect
+  /** This home's identity, as the checkpoint rows it writes name it. */
+  home: string
   maxStatementBytes: number
   lanes: number
   connect(): Promise<C>
@@ -161,14 +163,20 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
   }
   /** Where the transaction moving `syncKey` must find the checkpoint. */
   const fenceFrom = async (syncKey: string): Promise<Checkpoint> => at.get(syncKey) ?? (await readCheckpoint(syncKey))
-  /** After a failed transaction: a fence failure is a FencedError, and what it found is read again. */
-  const failed = (syncKey: string, from: Checkpoint, err: unknown): unknown => {
+  /**
+   * After a failed transaction: a fence failure is a FencedError, and what it found is read again.
+   * The error a fence raises may also come from a template's own statement (MySQL's 1172 is any
+   * SELECT ... INTO of two rows): only a checkpoint that really moved makes it a fence.
+   */
+  const failed = async (syncKey: string, from: Checkpoint, err: unknown): Promise<unknown> => {
     if (!target.isFenceFailure(err)) {
       // A lost connection may have lost the answer to a COMMIT that happened: read it again.
       if (isTransient(err)) at.delete(syncKey)
       return err
     }
     at.delete(syncKey)
+    const now = await readCheckpoint(syncKey).catch(() => null)
+    if (now && now.home === target.home && compareCheckpoints(now, from) === 0) return err
     return new FencedError(syncKey, from, err)
   }
 
@@ -186,7 +194,7 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
         await target.run(conn, [target.begin, target.checkpointMove(syncKey, from, to), ...body(statements), 'commit'].join(';\n'))
       } catch (err) {
         release(conn, await rollbackOn(conn))
-        throw failed(syncKey, from, err)
+        throw await failed(syncKey, from, err)
       }
       at.set(syncKey, to)
       release(conn, true)
@@ -224,7 +232,7 @@ export function sqlSink<C>(target: SqlTarget<C>, first: C): Sink {
             await target.run(conn!, `${target.checkpointMove(syncKey, from, to)};\ncommit`)
           } catch (err) {
             release(conn!, await rollbackOn(conn!))
-            throw failed(syncKey, from, err)
+            throw await failed(syncKey, from, err)
           }
           at.set(syncKey, to)
           release(conn!, true)
