@@ -70,6 +70,14 @@ begin
 end $$;
 comment on function segmenter.home_identity is 'Sidecar: this home''s identity as written into target checkpoints (system_identifier:install_id) and the highest position it has assigned.';
 
+-- The last position this home assigned: where the next ones start (sequence_changes, _start_sync).
+create function segmenter._assigned_through() returns bigint
+language sql stable as $$
+  select greatest((select coalesce(max(pos), 0) from segmenter.changes where pos is not null),
+                  (select h.last_pos from segmenter.home h))
+$$;
+comment on function segmenter._assigned_through is 'Private. The highest position this home has assigned (the change log''s, or the high-water mark once prune() deleted it).';
+
 create or replace function segmenter.sequence_changes() returns bigint
 language plpgsql as $$
 declare
@@ -80,8 +88,7 @@ begin
       'call it outside an explicit REPEATABLE READ / SERIALIZABLE transaction');
   end if;
   lock table segmenter.sequencer_lock in exclusive mode;
-  with base as (select greatest((select coalesce(max(pos), 0) from segmenter.changes where pos is not null),
-                                (select h.last_pos from segmenter.home h)) as p),
+  with base as (select segmenter._assigned_through() as p),
        todo as (select seq, row_number() over (order by seq) as rn from segmenter.changes where pos is null)
   update segmenter.changes c set pos = base.p + todo.rn
   from base, todo where c.seq = todo.seq;
@@ -331,8 +338,7 @@ begin
       and (c.pos is null or c.pos > %s or (c.pos = %s and c.members > %s))$q$,
     s.segment_ids, sub_id, s.cursor_pos, s.cursor_pos, s.cursor_ord);
   execute format($q$
-    with base as (select greatest((select coalesce(max(pos), 0) from segmenter.changes where pos is not null),
-                                  (select h.last_pos from segmenter.home h)) as p),
+    with base as (select segmenter._assigned_through() as p),
          todo as (select seq, row_number() over (order by seq) as rn from segmenter.changes where pos is null),
          sequenced as (update segmenter.changes c set pos = base.p + todo.rn from base, todo where c.seq = todo.seq returning 1),
          gone as (select distinct on (segment_id, member) segment_id, member, row from (%s) f where $4

@@ -103,8 +103,9 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
           if (skip < c.ids.length) events.push(pendingEvent(c, pos, c.ids.length, null, null))
         } else if (c.event === 'clear') {
           // No clear template: the clear is delivered as removes of the members it cleared.
+          const asRemoves: ChangeRow = { ...c, event: 'remove' }
           for (let i = skip; i < c.ids.length && events.length < limit; i++) {
-            events.push(pendingEvent({ ...c, event: 'remove' }, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
+            events.push(pendingEvent(asRemoves, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
           }
         } else {
           for (let i = skip; i < c.ids.length && events.length < limit; i++) {
