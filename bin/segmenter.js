@@ -1,11 +1,19 @@
 #!/usr/bin/env -S node --max-old-space-size=256 --max-semi-space-size=16 --single-threaded-gc
-// Runs the TypeScript CLI through tsx's loader, so the package ships its sources as they are.
-// The heap flags: left alone, V8 let the heap of a 1M-member resync grow to 330 MB for a live set
-// well under 100 MB; capped, it peaks at 182 MB (bench/delivery.ts). The 16 MB young generation
-// means fewer collections while delivering. Single-threaded GC: the sidecar shares its machine's
-// cores with Postgres and the target, and V8's helper threads cost more CPU in all than they save
-// the main thread (6 of 6 alternating drains of 300,000 members used less sidecar CPU without
-// them, about 7%). For other flags, start it as `node --max-old-space-size=N bin/segmenter.js`.
-import { register } from 'tsx/esm/api'
-register()
-await import('../src/cli.ts')
+// Runs the CLI built into dist/ (`npm run build`; `npm pack` builds it first): no TypeScript
+// loader at run time. The heap flags: left alone, V8 let the heap of a 1M-member resync grow to
+// 330 MB for a live set well under 100 MB; capped, it peaks at 182 MB (bench/delivery.ts). The
+// 16 MB young generation means fewer collections while delivering. Single-threaded GC: the sidecar
+// shares its machine's cores with Postgres and the target, and V8's helper threads cost more CPU in
+// all than they save the main thread (6 of 6 alternating drains of 300,000 members used less
+// sidecar CPU without them, about 7%). The shebang applies them when the file is run directly (or
+// through npx); `node bin/segmenter.js` does not read it, so give flags there yourself:
+// `node --max-old-space-size=N bin/segmenter.js`.
+import { existsSync } from 'node:fs'
+
+const cli = new URL('../dist/cli.js', import.meta.url)
+if (!existsSync(cli)) {
+  // Only in a checkout: a package always has dist/ (prepack builds it).
+  console.error('segmenter: dist/cli.js is missing; build it first with `npm run build` (or `make build`)')
+  process.exit(1)
+}
+await import(cli.href)

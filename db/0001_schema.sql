@@ -3,12 +3,8 @@
 --
 -- Forward-only. `segmenter migrate` applies each file once under an advisory lock; applying the
 -- files in order with psql works too (each file records itself in segmenter.migrations).
--- Error codes raised here are stable; the README lists them:
---   SG001 unknown segment     SG002 unknown consumer      SG003 table lacks a required column
---   SG004 template missing    SG005 batch_size < 1        SG006 negative batch_timeout
---   SG007 unknown dialect     SG008 unknown syntax        SG009 invalid cron expression
---   SG010 template invalid    SG011 unknown subscription  SG012 invalid argument
---   SG013 already exists      SG014 not allowed for this segment kind
+-- Error codes raised here are stable. The one list of them, with their meanings, is SQLSTATES in
+-- src/errors.ts (test/error_codes.test.ts checks it against every file here).
 
 create schema segmenter;
 comment on schema segmenter is 'Segmenter: customer segments in Postgres, kept in sync with external systems. Public surface: functions and views; tables are read-only for users.';

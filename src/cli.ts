@@ -1,24 +1,37 @@
 // The `segmenter` command. Every command works on DATABASE_URL; `migrate` and `run` are the two an
-// operator needs, the others are SQL API calls with readable output (or --json).
+// operator needs, the others are SQL API calls with readable output (psql-style tables) or --json.
+import { createRequire } from 'node:module'
 import { Command, InvalidArgumentError } from 'commander'
+import type pg from 'pg'
 import { loadConfig } from './config.js'
 import { createPool, endPool, poolSizeFor } from './db.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { createLogger } from './logger.js'
 import { alterSubscription, refreshSegment, type SubscriptionChanges } from './api.js'
-import { migrate } from './migrate.js'
+import { assertInstalled, migrate } from './migrate.js'
 import { previewSubscription } from './preview.js'
 import { runDueRefreshes } from './refresh.js'
 import type { Embedded } from './embedded.js'
 import { startHttp } from './http.js'
 import { createMetrics } from './metrics.js'
 import { startSidecar } from './sidecar.js'
+import { formatResult } from './table.js'
+
+// src/cli.ts and dist/cli.js both sit one level below the package root.
+const { version } = createRequire(import.meta.url)('../package.json') as { version: string }
 
 const program = new Command('segmenter')
   .description('Postgres-native segments, kept in sync with external SQL stores')
+  .version(version)
+  .option('--schema <name>', 'the schema Segmenter is installed in (default: $SEGMENTER_SCHEMA or segmenter)')
   .showHelpAfterError()
   // Usage errors (unknown command, missing argument) exit 2 like bad configuration; --help exits 0.
   .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : 2))
+  // Before any command reads its configuration, which takes the schema from the environment.
+  .hook('preAction', (cmd) => {
+    const { schema } = cmd.opts<{ schema?: string }>()
+    if (schema) process.env.SEGMENTER_SCHEMA = schema
+  })
 
 // DATABASE_URL, or else the embedded Postgres under ./.segmenter/ (started, migrated, and stopped
 // again when the command ends), so a first run needs nothing installed.
@@ -38,20 +51,43 @@ async function databaseUrl(): Promise<string> {
       for (const l of process.listeners(s)) if (!before[i]!.has(l)) process.removeListener(s, l)
     })
     await embedded.createDatabase('segmenter')
-    await migrate(embedded.url('segmenter'))
+    await migrate(embedded.url('segmenter'), config.schema)
   }
   return embedded.url('segmenter')
 }
 
-function print(rows: unknown, json: boolean): void {
-  if (json) console.log(JSON.stringify(rows, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2))
-  else if (Array.isArray(rows)) console.table(rows)
-  else console.log(rows)
+/**
+ * A message, or with --json one JSON document. Values keep the form Postgres sent: bigint and
+ * numeric as strings (no precision lost past 2^53), timestamps as Postgres text, intervals too.
+ */
+function print(value: unknown, json: boolean): void {
+  if (!json) return console.log(value)
+  const replacer = (_k: string, v: unknown) =>
+    typeof v === 'bigint'
+      ? v.toString()
+      : typeof (v as { toPostgres?: unknown })?.toPostgres === 'function'
+        ? (v as { toPostgres(): string }).toPostgres()
+        : v
+  console.log(JSON.stringify(value, replacer, 2))
+}
+
+/** A query's rows: a psql-style table cut to the terminal's width, or with --json the rows as JSON. */
+function printRows(result: pg.QueryResult, json: boolean): void {
+  if (json) return print(result.rows, true)
+  console.log(formatResult(result, outputWidth()))
+}
+
+/** COLUMNS when set (tests, `COLUMNS=120 segmenter status | less`), else a terminal's width; into a pipe, no limit, like psql. */
+function outputWidth(): number {
+  const columns = Number(process.env.COLUMNS)
+  if (Number.isInteger(columns) && columns > 0) return columns
+  return (process.stdout.isTTY && process.stdout.columns) || Infinity
 }
 
 async function withPool<T>(fn: (pool: ReturnType<typeof createPool>) => Promise<T>): Promise<T> {
   const pool = createPool(await databaseUrl(), 2)
   try {
+    await assertInstalled(pool, loadConfig().schema)
     return await fn(pool)
   } catch (err) {
     throw fromPgError(err)
@@ -65,7 +101,7 @@ program
   .description('apply the db/ migrations (safe to run twice or concurrently)')
   .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
-    const result = await migrate(await databaseUrl())
+    const result = await migrate(await databaseUrl(), loadConfig().schema)
     print(o.json ? result : result.applied.length ? `applied: ${result.applied.join(', ')}` : 'up to date', !!o.json)
   })
 
@@ -77,12 +113,13 @@ program
     const config = loadConfig()
     const url = await databaseUrl()
     const log = createLogger(config.logLevel)
-    await migrate(url)
+    await migrate(url, config.schema)
     // Sized from the concurrency: every round in flight holds up to three clients at once.
-    const pool = createPool(url, poolSizeFor(config.concurrency))
+    const pool = createPool(url, poolSizeFor(config.concurrency), config.schema)
     const metrics = createMetrics(pool)
     const sidecar = await startSidecar({
       databaseUrl: url,
+      schema: config.schema,
       pool,
       log,
       once: o.once,
@@ -124,7 +161,7 @@ program
   .description('per subscription: state, pending changes, lag, last success and error')
   .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
-    print(await withPool(async (p) => (await p.query('select * from segmenter.status order by subscription')).rows), !!o.json)
+    printRows(await withPool((p) => p.query('select * from segmenter.status order by subscription')), !!o.json)
   })
 
 program
@@ -132,10 +169,7 @@ program
   .description('sync statistics per subscription and minute')
   .option('--json', 'JSON output')
   .action(async (o: { json?: boolean }) => {
-    print(
-      await withPool(async (p) => (await p.query('select * from segmenter.sync_stats order by bucket desc, subscription limit 100')).rows),
-      !!o.json,
-    )
+    printRows(await withPool((p) => p.query('select * from segmenter.sync_stats order by bucket desc, subscription limit 100')), !!o.json)
   })
 
 program
@@ -221,16 +255,13 @@ dead
   .command('list [subscription]')
   .option('--json', 'JSON output')
   .action(async (name: string | undefined, o: { json?: boolean }) => {
-    print(
-      await withPool(
-        async (p) =>
-          (
-            await p.query(
-              `select d.dead_letter_id, s.name as subscription, d.at, d.event, d.member_id, d.error from segmenter.dead_letters d
+    printRows(
+      await withPool((p) =>
+        p.query(
+          `select d.dead_letter_id, s.name as subscription, d.at, d.event, d.member_id, d.error from segmenter.dead_letters d
      join segmenter.subscriptions s using (subscription_id) where d.replayed_at is null and ($1::text is null or s.name = $1) order by d.at`,
-              [name ?? null],
-            )
-          ).rows,
+          [name ?? null],
+        ),
       ),
       !!o.json,
     )
@@ -242,7 +273,7 @@ dead
     const n = await withPool(
       async (p) => (await p.query('select segmenter.replay_dead_letters(subscription => $1::text) as n', [name])).rows[0].n,
     )
-    print(o.json ? { subscription: name, replayed: Number(n) } : `${n} dead letter(s) of ${name} queued again`, !!o.json)
+    print(o.json ? { subscription: name, replayed: n } : `${n} dead letter(s) of ${name} queued again`, !!o.json)
   })
 
 // Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 something named does not exist.
@@ -255,8 +286,9 @@ program
     setTimeout(() => process.exit(0), 2000).unref()
   })
   .catch(async (err: unknown) => {
-    const e = fromPgError(err) as Error & { code?: string }
+    const e = fromPgError(err) as Error & { code?: string; hint?: string }
     console.error(`segmenter: ${e.message}`)
+    if (e.hint && !e.message.includes(e.hint)) console.error(`hint: ${e.hint}`)
     await embedded?.stop().catch(() => {})
     process.exit(e.code === 'NOT_FOUND' ? 3 : e.code === 'ERR_ASSERTION' || e.code === 'CONFIG_INVALID' ? 2 : 1)
   })

@@ -1,9 +1,12 @@
 // Configuration from the environment, resolved once at start and frozen.
 import assert from 'node:assert'
+import { installSchema } from './schema.js'
 
 export interface Config {
   /** Home database. (Default: none: the CLI starts an embedded Postgres under ./.segmenter/) */
   databaseUrl: string | undefined
+  /** The schema of the install in the home database, SEGMENTER_SCHEMA (schema.ts). (Default: segmenter) */
+  schema: string
   /** Poll for work this often even without NOTIFY. (Default: 1000) */
   pollIntervalMs: number
   /** Subscriptions delivered in parallel, 1 to 64; the home pool is sized from it. (Default: 4) */
@@ -48,6 +51,7 @@ export const MAX_CONCURRENCY = 64
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Readonly<Config> {
   const config: Config = {
     databaseUrl: env.DATABASE_URL || undefined,
+    schema: installSchema(env),
     pollIntervalMs: env.SEGMENTER_POLL_INTERVAL_MS ? Number(env.SEGMENTER_POLL_INTERVAL_MS) : defaults.pollIntervalMs,
     concurrency: env.SEGMENTER_CONCURRENCY ? Number(env.SEGMENTER_CONCURRENCY) : defaults.concurrency,
     logLevel: env.SEGMENTER_LOG_LEVEL ?? defaults.logLevel,

@@ -1,6 +1,7 @@
 // The home database pool. Timestamps and dates stay the strings Postgres sent: re-parsing a
 // `timestamp without time zone` through JS Date would shift it by the sidecar's time zone.
 import pg from 'pg'
+import { DEFAULT_SCHEMA, inSchema, installSchema } from './schema.js'
 import { settledWithin } from './timeout.js'
 
 const types = {
@@ -25,8 +26,30 @@ export function poolSizeFor(concurrency: number): number {
   return 3 * concurrency + 3
 }
 
-export function createPool(connectionString: string, max = 10): pg.Pool {
+/**
+ * A pg.Client class whose queries name the install's schema: the sources write `segmenter.`, and
+ * an install under another name (schema.ts) gets its own objects, for every query of the pool,
+ * including cursors. The default install uses pg.Client itself.
+ */
+function clientClass(schema: string): typeof pg.Client {
+  if (schema === DEFAULT_SCHEMA) return pg.Client
+  return class InstallClient extends pg.Client {
+    override query(...args: unknown[]): never {
+      const [first] = args
+      if (typeof first === 'string') args[0] = inSchema(first, schema)
+      else if (first && typeof (first as { text?: unknown }).text === 'string') {
+        // A QueryConfig or a Submittable such as a pg-cursor Cursor: renaming is idempotent, so a
+        // config object used twice stays right.
+        ;(first as { text: string }).text = inSchema((first as { text: string }).text, schema)
+      }
+      return (super.query as (...a: unknown[]) => never)(...args)
+    }
+  }
+}
+
+export function createPool(connectionString: string, max = 10, schema = installSchema()): pg.Pool {
   const pool = new pg.Pool({
+    Client: clientClass(schema),
     connectionString,
     max,
     types: types as pg.CustomTypesConfig,

@@ -5,6 +5,7 @@
 import pg from 'pg'
 import { pino } from 'pino'
 import { createPool } from './db.js'
+import { formatResult } from './table.js'
 import { startEmbedded } from './embedded.js'
 import { migrate } from './migrate.js'
 import { runDueRefreshes } from './refresh.js'
@@ -18,6 +19,11 @@ const server = await startEmbedded()
 await server.createDatabase('segmenter')
 await server.createDatabase('crm_target')
 const home = server.url('segmenter')
+// Every run starts from an empty install: the data dir is the demo's own.
+const admin = new pg.Client({ connectionString: home })
+await admin.connect()
+await admin.query('drop schema if exists segmenter cascade; drop schema if exists pgboss cascade')
+await admin.end()
 await migrate(home)
 const pool = createPool(home)
 process.env.DEMO_CRM_URL = server.url('crm_target')
@@ -25,8 +31,6 @@ process.env.DEMO_CRM_URL = server.url('crm_target')
 step('sample data: 100,000 customers and 300,000 orders')
 await pool.query(`
   drop table if exists demo_customers, demo_orders, demo_big_spenders, demo_vip cascade;
-  delete from segmenter.subscriptions where name in ('crm_big_spenders', 'crm_vip');
-  update segmenter.segments set actual_end = now() where name in ('big_spenders', 'vip') and actual_end = 'infinity';
   create table demo_customers (id int primary key, email text, city text);
   insert into demo_customers select g, 'user' || g || '@example.com', (array['Berlin', 'Paris', 'Riga', 'Oslo'])[1 + g % 4]
     from generate_series(1, 100000) g;
@@ -97,14 +101,18 @@ const { rows: counts } = await target.query('select segid, count(*)::int as memb
 console.log(`  crm_target.mysegment: ${counts.map((c) => `${c.members} members of ${c.segid}`).join(', ')}`)
 
 step('select * from segmenter.status')
-console.table((await pool.query('select subscription, state, pending_changes, last_success, last_error from segmenter.status')).rows)
+const width = (process.stdout.isTTY && process.stdout.columns) || Infinity
+console.log(
+  formatResult(await pool.query('select subscription, state, pending_changes, last_success, last_error from segmenter.status'), width),
+)
 step('select * from segmenter.sync_stats')
-console.table(
-  (
+console.log(
+  formatResult(
     await pool.query(
       'select subscription, bucket, successful_queries, rows, errors from segmenter.sync_stats order by bucket, subscription',
-    )
-  ).rows,
+    ),
+    width,
+  ),
 )
 console.log(`
 Done in ${((Date.now() - t0) / 1000).toFixed(1)} s. The data stays in ./.segmenter/.

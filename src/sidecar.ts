@@ -1,6 +1,6 @@
 // The sidecar: wakes on NOTIFY (a hint) and on a poll timer (the guarantee), takes pg-boss jobs
 // (the durable record that a subscription has work), and delivers each due subscription.
-// A subscription is held by one sidecar at a time (advisory lock in deliver.ts); several sidecars
+// A subscription is held by one sidecar at a time (advisory lock in deliver/index.ts); several sidecars
 // share the jobs. Stop: finish the batch in flight (its target transaction commits or rolls back
 // as a whole), then exit.
 import PgBoss from 'pg-boss'
@@ -8,13 +8,12 @@ import { createRequire } from 'node:module'
 import type pg from 'pg'
 import type { Logger } from 'pino'
 import type { Batch } from './batch.js'
-import { deliverSubscription, type DeliveryContext, type RoundResult } from './deliver.js'
+import { deliverSubscription, type DeliveryContext, type RoundResult } from './deliver/index.js'
 import type { SubscriptionRow } from './read.js'
 import { poolSizeFor } from './db.js'
+import { installSchema, queues } from './schema.js'
 import type { Sink } from './sinks/index.js'
 import { settledWithin } from './timeout.js'
-
-export const DELIVER_QUEUE = 'segmenter_deliver'
 
 /**
  * The wait before retry `attempt` (1 for the first) of a subscription whose target failed:
@@ -31,7 +30,10 @@ const createSubscriber: typeof import('pg-listen').default = createRequire(impor
 
 export interface SidecarOptions {
   databaseUrl: string
+  /** The home pool, made by createPool for the same install (schema). */
   pool: pg.Pool
+  /** The install's schema: its pg-boss queue and NOTIFY channel (Default: SEGMENTER_SCHEMA or segmenter). */
+  schema?: string
   log: Logger
   /** Poll for work this often even without NOTIFY (Default: 1000 ms). */
   pollIntervalMs?: number
@@ -63,6 +65,8 @@ export interface Sidecar {
 
 export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   const { pool, log } = opts
+  const schema = opts.schema ?? installSchema()
+  const deliverQueue = queues(schema).deliver
   const pollMs = opts.pollIntervalMs ?? 1000
   const requested = opts.concurrency ?? 4
   // A round holds one pooled client for its advisory lock from start to end and takes more for its
@@ -127,14 +131,14 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     { connectionString: opts.databaseUrl },
     { retryLimit: Infinity, retryTimeout: Infinity, parse: (payload: string) => payload },
   )
-  listener.notifications.on('segmenter', () => {
+  listener.notifications.on(schema, () => {
     notified = true
     kick()
   })
   listener.events.on('error', (err: Error) => log.warn({ err: err.message }, 'listener error; polling until it reconnects'))
   listener.events.on('reconnect', () => log.info('listener reconnected'))
   await listener.connect()
-  await listener.listenTo('segmenter')
+  await listener.listenTo(schema)
 
   const due = new Set<string>() // subscriptions to deliver now
   const timers = new Map<string, NodeJS.Timeout>() // partial batches waiting for their timeout
@@ -188,15 +192,14 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     }
   }
 
-  // Subscriptions with anything pending, found by SQL: covers lost jobs and lost notifications.
-  // One held in an error state waits for its cause to be fixed (which wakes it), not for a poll.
+  // Subscriptions with anything pending (segmenter._is_pending, as segmenter.status counts it):
+  // covers lost jobs and lost notifications. One held in an error state waits for its cause to be
+  // fixed (which wakes it), not for a poll. The planner inlines _is_pending: an index probe per
+  // subscription, never a scan of the change log.
   const sweep = async () => {
     const { rows } = await pool.query<{ subscription_id: string }>(
       `select s.subscription_id from segmenter.subscriptions s
-       where s.state = 'active' and s.error is null and exists (
-         select 1 from segmenter.changes c
-         where c.segment_id = any(s.segment_ids) and (c.subscription_id is null or c.subscription_id = s.subscription_id)
-           and (c.pos is null or c.pos > s.cursor_pos or (c.pos = s.cursor_pos and c.members > s.cursor_ord)))`,
+       where s.state = 'active' and s.error is null and exists (select 1 from segmenter.changes c where segmenter._is_pending(c, s))`,
     )
     // Waiting subscriptions are re-evaluated too: new changes may have completed their batch.
     for (const r of rows) due.add(r.subscription_id)
@@ -208,11 +211,11 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     while (!stopping) {
       kicked = false
       try {
-        const jobs = await boss.fetch<{ subscription_id: string }>(DELIVER_QUEUE, { batchSize: 20 })
+        const jobs = await boss.fetch<{ subscription_id: string }>(deliverQueue, { batchSize: 20 })
         for (const job of jobs) due.add(String(job.data.subscription_id))
         if (jobs.length > 0)
           await boss.complete(
-            DELIVER_QUEUE,
+            deliverQueue,
             jobs.map((j) => j.id),
           )
         // A NOTIFY whose job another sidecar took (or whose writer skipped the job) still finds

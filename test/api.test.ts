@@ -3,6 +3,8 @@
 // not get in the way of, documentation comments on the public surface, and the showcase view.
 import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
+import * as api from '../src/api.js'
+import { SegmenterError } from '../src/errors.js'
 import { freshPg, type FreshPg } from './harness/db.js'
 
 const SEGMENT_TABLE = `create table public.members (
@@ -393,4 +395,191 @@ test('a template naming a member field its segment table lacks is SG010, in both
     'insert into t values {for $i, $lead = $batch}({$lead.HASH_EMAIL}, {$lead.id}){autocomma}{end}',
     'delete from t where x in ({batch_in "hash_phone"})',
   ])
+})
+
+// ---------------------------------------------------------------------------------------------
+// The TypeScript twin (src/api.ts)
+
+const camel = (name: string) => name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
+
+test("every public function and view has a TS twin of the same name (camelCase), but the sidecar's own", async (t) => {
+  const db = await setup(t)
+  const functions = await db.query<{ proname: string }>(
+    `select distinct p.proname from pg_proc p where p.pronamespace = 'segmenter'::regnamespace
+       and p.proname !~ '^(_|tg_)' and coalesce(obj_description(p.oid, 'pg_proc'), '') not like 'Sidecar:%' order by 1`,
+  )
+  const views = await db.query<{ relname: string }>(
+    `select c.relname from pg_class c where c.relnamespace = 'segmenter'::regnamespace and c.relkind = 'v' order by 1`,
+  )
+  const names = [...functions.map((r) => r.proname), ...views.map((r) => r.relname)]
+  assert.ok(names.includes('drop_subscription') && names.includes('status'), names.join())
+  const exported = api as unknown as Record<string, unknown>
+  const missing = names.filter((n) => typeof exported[camel(n)] !== 'function')
+  assert.deepEqual(missing, [], 'SQL functions and views without a twin in src/api.ts')
+})
+
+test('the twins pass only the arguments given: the SQL defaults apply, and alterSubscription keeps what it is not given', async (t) => {
+  const db = await setup(t)
+  await db.query(`create table public.more (like public.members including defaults)`)
+  const id = await api.createSegment(db.pool, { name: 'm', tableName: 'public.more' })
+  const [segment] = await db.query(`select segment_id, kind, refresh_sql, sources from segmenter.segments where name = 'm'`)
+  assert.deepEqual({ ...segment }, { segment_id: id, kind: 'manual', refresh_sql: null, sources: null })
+  await api.createConsumer(db.pool, { name: 'c2', kind: 'postgres', dialect: 'postgres', dsnEnv: 'C2_URL' })
+  assert.deepEqual((await db.query(`select options from segmenter.consumers where name = 'c2'`))[0]!.options, {})
+  await api.createSubscription(db.pool, {
+    name: 's',
+    consumer: 'c2',
+    segments: ['m'],
+    addSql: 'insert into t values ({{ it.segment_id }})',
+    removeSql: 'delete from t',
+  })
+  const config = `select batch_size, batch_timeout::text as timeout, syntax, clear_sql, update_sql, audience, description
+                  from segmenter.subscriptions where name = 's'`
+  assert.deepEqual(
+    { ...(await db.query(config))[0] },
+    {
+      batch_size: 1,
+      timeout: '00:00:00',
+      syntax: 'squirrelly',
+      clear_sql: null,
+      update_sql: null,
+      audience: null,
+      description: null,
+    },
+  )
+  await api.alterSubscription(db.pool, 's', { batchSize: 50, description: 'crm' })
+  assert.deepEqual(
+    { ...(await db.query(config))[0] },
+    {
+      batch_size: 50,
+      timeout: '00:00:00',
+      syntax: 'squirrelly',
+      clear_sql: null,
+      update_sql: null,
+      audience: null,
+      description: 'crm',
+    },
+  )
+})
+
+/** An auto segment `auto` refreshed from the table public.src, next to the setup's manual one. */
+async function autoSegment(db: Awaited<ReturnType<typeof setup>>, opts: { refreshCron?: string; sources?: string[] } = {}) {
+  await db.query(`create table public.src (id text)`)
+  await db.query(`create table public.auto_members (like public.members including defaults)`)
+  await api.createSegment(db.pool, {
+    name: 'auto',
+    tableName: 'public.auto_members',
+    kind: 'auto',
+    refreshSql: 'select id from public.src',
+    ...opts,
+  })
+}
+
+test('twins: dropSubscription, readiness, isReady, markLoaded, sequenceChanges, prune; SQL errors as SegmenterError', async (t) => {
+  const db = await setup(t)
+  await autoSegment(db, { refreshCron: '0 3 * * *', sources: ['public.src'] })
+  const waiting = await api.readiness(db.pool, 'auto')
+  assert.equal(waiting.ready, false)
+  assert.match(waiting.reason!, /sources not loaded yet: (public\.)?src/)
+  assert.equal(await api.isReady(db.pool, 'auto'), false)
+  await api.markLoaded(db.pool, 'public.src')
+  assert.deepEqual({ ...(await api.readiness(db.pool, 'auto')) }, { ready: true, reason: null })
+  assert.equal(await api.isReady(db.pool, 'auto'), true)
+
+  await api.addMembers(db.pool, 'a', ['m1', 'm2'])
+  assert.ok((await api.sequenceChanges(db.pool)) >= 1, 'the new changes got positions')
+  assert.equal(await api.sequenceChanges(db.pool), 0, 'and nothing is left to sequence')
+  assert.deepEqual(await api.prune(db.pool), { changes: 0, log: 0, dead_letters: 0 }, 'nothing is old enough')
+  await db.query(`update segmenter.changes set at = now() - interval '2 hours'`)
+  const pruned = await api.prune(db.pool, { changesKeep: '1 hour', logKeep: '1 day' })
+  assert.ok(pruned.changes >= 1, `changes no subscription needs and older than changes_keep go: ${JSON.stringify(pruned)}`)
+
+  await api.createSubscription(db.pool, { name: 'gone', consumer: 'c', segments: ['a'], addSql: 'select 1', removeSql: 'select 2' })
+  assert.equal((await api.status(db.pool)).length, 1)
+  await api.dropSubscription(db.pool, 'gone')
+  assert.deepEqual(await api.status(db.pool), [])
+  await assert.rejects(api.dropSubscription(db.pool, 'gone'), (err: unknown) => {
+    assert.ok(err instanceof SegmenterError, String(err))
+    assert.equal(err.code, 'NOT_FOUND')
+    assert.equal(err.sqlState, 'SG011')
+    return true
+  })
+})
+
+test("the views' twins: status, syncStats, showcase, events and refreshSchedule read the views, filtered by name", async (t) => {
+  const db = await setup(t)
+  await autoSegment(db)
+  await api.addMembers(db.pool, 'a', ['m1', 'm2'])
+  const sub = await api.createSubscription(db.pool, {
+    name: 'crm',
+    consumer: 'c',
+    segments: ['a'],
+    addSql: 'select 1',
+    removeSql: 'select 2',
+  })
+  await api.createSubscription(db.pool, { name: 'other', consumer: 'c', segments: ['a'], addSql: 'select 1', removeSql: 'select 2' })
+
+  // In one transaction, so that now() in oldest_pending_age is the same for both.
+  const client = await db.pool.connect()
+  try {
+    await client.query('begin')
+    const all = await api.status(client)
+    assert.deepEqual(
+      all.map((r) => r.subscription),
+      ['crm', 'other'],
+    )
+    assert.deepEqual(all, (await client.query(`select * from segmenter.status order by subscription`)).rows)
+    await client.query('commit')
+  } finally {
+    client.release()
+  }
+  const [crm] = await api.status(db.pool, 'crm')
+  assert.equal(crm!.subscription_id, sub)
+  assert.equal(crm!.state, 'active')
+  assert.equal(Number(crm!.pending_changes), 3, 'the initial sync: segment_upsert and both members')
+  assert.deepEqual(crm!.retired_segments, [])
+  assert.equal(crm!.current_segments, 1)
+
+  await db.query(
+    `select segmenter.record_batch(subscription_id => $1, cursor_pos => 0, cursor_ord => 0, event => 'add', segment_id => null,
+       statements => 1, rows => 2, duration_ms => 5, ok => true)`,
+    [sub],
+  )
+  const stats = await api.syncStats(db.pool, 'crm')
+  assert.equal(stats.length, 1)
+  assert.deepEqual(
+    {
+      subscription: stats[0]!.subscription,
+      queries: Number(stats[0]!.successful_queries),
+      rows: Number(stats[0]!.rows),
+      errors: Number(stats[0]!.errors),
+    },
+    { subscription: 'crm', queries: 1, rows: 2, errors: 0 },
+  )
+  assert.deepEqual(await api.syncStats(db.pool, 'other'), [])
+
+  assert.deepEqual(
+    (await api.showcase(db.pool, 'a')).map((r) => [r.segment, r.member_id]),
+    [
+      ['a', 'm1'],
+      ['a', 'm2'],
+    ],
+  )
+  assert.deepEqual(await api.showcase(db.pool, 'auto'), [])
+  const events = await api.events(db.pool, 'a')
+  assert.deepEqual(
+    events.filter((e) => e.subscription_id === null).map((e) => [e.event, e.member_id]),
+    [
+      ['segment_upsert', null],
+      ['add', 'm1'],
+      ['add', 'm2'],
+    ],
+  )
+  assert.ok(events.every((e) => e.segment === 'a'))
+
+  const schedule = await api.refreshSchedule(db.pool)
+  assert.deepEqual(
+    schedule.map((r) => [r.segment, r.table_name, r.ready, r.running]),
+    [['auto', 'auto_members', true, false]],
+  )
 })

@@ -33,7 +33,7 @@ const FAULTS: Array<{ fault: string; test: RegExp }> = [
   { fault: 'read-only target', test: /^a read-only target/ },
   { fault: 'SIGTERM mid-delivery', test: /^graceful stop mid-delivery/ },
 ]
-const FILES = ['test/resilience.test.ts', 'test/faults.test.ts', 'test/delivery_more.test.ts']
+const FILES = ['test/resilience.test.ts', 'test/faults.test.ts', 'test/delivery_restart.test.ts']
 
 interface Outcome {
   ok: boolean

@@ -1,31 +1,11 @@
 // The CLI commands not covered elsewhere (`run --once`, `refresh`, `dead-letters replay`) and the
 // TypeScript twin of the SQL API.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { test } from 'node:test'
 import * as api from '../src/api.js'
 import { SegmenterError } from '../src/errors.js'
 import { freshMysql, freshPg } from './harness/db.js'
-
-/** The CLI of this checkout, or of the one in `checkout` (run from there). */
-function cli(args: string[], env: NodeJS.ProcessEnv, checkout = '.'): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['bin/segmenter.js', ...args], {
-      cwd: checkout,
-      env: { ...process.env, SEGMENTER_HTTP_PORT: '0', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    let stdout = ''
-    let stderr = ''
-    p.stdout.on('data', (d) => {
-      stdout += d
-    })
-    p.stderr.on('data', (d) => {
-      stderr += d
-    })
-    p.on('exit', (code) => resolve({ code, stdout, stderr }))
-  })
-}
+import { cli } from './harness/spawn.js'
 
 test('run --once refreshes due auto segments, delivers everything and exits; refresh and dead-letters replay', async (t) => {
   const home = await freshPg()
@@ -84,10 +64,95 @@ test('run --once refreshes due auto segments, delivers everything and exits; ref
   )
   await target.query('alter table members modify member varchar(20) not null')
   const replay = await cli(['dead-letters', 'replay', 'sub', '--json'], env)
-  assert.deepEqual(JSON.parse(replay.stdout), { subscription: 'sub', replayed: 1 })
+  assert.deepEqual(JSON.parse(replay.stdout), { subscription: 'sub', replayed: '1' }, 'a bigint, as a string like every other')
   assert.equal((await cli(['run', '--once'], env)).code, 0)
   assert.equal(Number((await target.query(`select count(*) as n from members where member = 'm1234567890'`))[0].n), 1)
   assert.equal(Number((await target.query('select count(*) as n from members'))[0].n), 102)
+})
+
+test('status, stats and dead-letters list print psql-style tables, cut to COLUMNS, or one JSON document with --json', async (t) => {
+  const home = await freshPg()
+  const target = await freshMysql()
+  t.after(async () => {
+    await target.close()
+    await home.close()
+  })
+  // COLUMNS unset and stdout a pipe: full values, as psql prints into a pipe.
+  const env = { DATABASE_URL: home.url, TARGET_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', COLUMNS: '' }
+  await target.query('create table members (member varchar(8) not null)')
+  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
+  await api.createSegment(home.pool, { name: 'm', tableName: 'seg' })
+  await api.addMembers(home.pool, 'm', ['a', 'b', 'too_long_for_varchar_8'])
+  await api.createConsumer(home.pool, { name: 'maria', kind: 'mysql', dialect: 'mysql', dsnEnv: 'TARGET_URL' })
+  await api.createSubscription(home.pool, {
+    name: 'sub',
+    consumer: 'maria',
+    segments: ['m'],
+    syntax: 'altcraft',
+    addSql: 'insert into members values {for $i, $lead = $batch}({$lead.id}){autocomma}{end}',
+    removeSql: 'delete from members where member in ({batch_in "id"})',
+  })
+  assert.equal((await cli(['run', '--once'], env)).code, 0, 'delivers a and b, dead-letters the long one')
+
+  const status = await cli(['status'], env)
+  assert.equal(status.code, 0, status.stderr)
+  const lines = status.stdout.trimEnd().split('\n')
+  assert.equal(lines.length, 4, status.stdout)
+  const header = lines[0]!.split(' | ').map((h) => h.trim())
+  assert.deepEqual(header.slice(0, 4), ['subscription', 'subscription_id', 'state', 'consumer'])
+  assert.doesNotMatch(status.stdout, /\(index\)/)
+  assert.match(lines[1]!, /^-+(\+-+){15}$/, 'one ---+--- separator for 16 columns')
+  for (const l of lines.slice(0, 3)) assert.ok(l.length <= lines[1]!.length, `aligned under the separator: ${l}`)
+  const cells = lines[2]!.split(' | ')
+  assert.equal(cells[0], ' ' + 'sub'.padEnd('subscription'.length), 'text left-aligned, without quotes')
+  assert.match(cells[header.indexOf('dead_letters')]!, /^ {11}1$/, 'a count right-aligned')
+  assert.match(cells[header.indexOf('last_error')]!, /Data too long/)
+  assert.doesNotMatch(status.stdout, /…/, 'into a pipe nothing is cut')
+  assert.equal(lines[3], '(1 row)')
+
+  const json = JSON.parse((await cli(['status', '--json'], env)).stdout)
+  assert.deepEqual(
+    json.map((s: Record<string, unknown>) => [s.subscription, s.dead_letters, s.current_segments]),
+    [['sub', '1', 1]],
+    'bigint as a string, int as a number',
+  )
+  const stats = await cli(['stats', '--json'], env)
+  assert.equal(stats.code, 0, stats.stderr)
+  const buckets = JSON.parse(stats.stdout)
+  assert.ok(
+    buckets.length >= 1 && buckets.every((b: { subscription: string; rows: string }) => b.subscription === 'sub' && /^\d+$/.test(b.rows)),
+  )
+  assert.match((await cli(['stats'], env)).stdout, /^ subscription \| .*\n-+\+[^]*\n\(\d+ rows?\)\n$/)
+  const dead = JSON.parse((await cli(['dead-letters', 'list', '--json'], env)).stdout)
+  assert.deepEqual(
+    dead.map((d: Record<string, unknown>) => [d.subscription, d.member_id, d.event, typeof d.dead_letter_id]),
+    [['sub', 'too_long_for_varchar_8', 'add', 'string']],
+  )
+  assert.match((await cli(['dead-letters', 'list'], env)).stdout, / too_long_for_varchar_8 \| .*\n\(1 row\)\n$/)
+
+  // COLUMNS=40: every line fits, long values cut with an ellipsis (status has too many columns for 40: records).
+  for (const args of [['status'], ['stats'], ['dead-letters', 'list']]) {
+    const narrow = await cli(args, { ...env, COLUMNS: '40' })
+    assert.equal(narrow.code, 0, narrow.stderr)
+    const out = narrow.stdout.trimEnd().split('\n')
+    for (const l of out) assert.ok([...l].length <= 40, `${args.join(' ')}: ${[...l].length} > 40: ${l}`)
+    assert.match(narrow.stdout, /…/, args.join(' '))
+    assert.match(out.at(-1)!, /^\(\d+ rows?\)$/)
+  }
+})
+
+test('--version prints the version in package.json; --help documents --schema', async () => {
+  const { readFile } = await import('node:fs/promises')
+  const { version } = JSON.parse(await readFile('package.json', 'utf8'))
+  const out = await cli(['--version'], {})
+  assert.equal(out.code, 0, out.stderr)
+  assert.equal(out.stdout, `${version}\n`)
+  const help = await cli(['--help'], {})
+  assert.match(
+    help.stdout.replace(/\s+/g, ' '),
+    /--schema <name> the schema Segmenter is installed in \(default: \$SEGMENTER_SCHEMA or segmenter\)/,
+  )
 })
 
 test('the TS API is the SQL API: same effects, SQL errors as SegmenterError with their SQLSTATE', async (t) => {
@@ -187,7 +252,7 @@ test(
       await rm(cache, { recursive: true, force: true })
     })
     execFileSync('mkdir', [checkout])
-    execFileSync('cp', ['-al', 'bin', 'src', 'db', 'templates', 'node_modules', 'package.json', 'tsconfig.json', checkout])
+    execFileSync('cp', ['-al', 'bin', 'dist', 'src', 'db', 'templates', 'node_modules', 'package.json', 'tsconfig.json', checkout])
     const env = {
       DATABASE_URL: '',
       SEGMENTER_EMBEDDED_PORT: String(await freePort()),

@@ -184,7 +184,7 @@ for (const [lanes, target] of [
       ),
     )
     await w.home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 60000) g`, [w.segmentId])
-    // A DBA ends whichever session holds the subscription's advisory lock (class 0x5e6d).
+    // A DBA ends whichever session holds the subscription's advisory lock.
     let terminations = 0
     const admin = new pg.Client({ connectionString: w.home.url })
     await admin.connect()
@@ -192,7 +192,7 @@ for (const [lanes, target] of [
     while ((await w.targetMembers()).length < 60000 && terminations < 40) {
       const { rowCount } = await admin.query(
         `select pg_terminate_backend(pid) from pg_locks
-         where locktype = 'advisory' and classid = ${0x5e6d} and granted ${IN_THIS_DATABASE}`,
+         where locktype = 'advisory' and classid = segmenter._lock_class('deliver')::oid and granted ${IN_THIS_DATABASE}`,
       )
       terminations += rowCount ?? 0
       await sleep(150)
@@ -220,7 +220,7 @@ test('a standby sidecar takes over after kill -9 of the active one while the tar
   const holder = async () =>
     (
       await w.home.query(`select a.application_name as name from pg_locks l join pg_stat_activity a using (pid)
-                          where l.locktype = 'advisory' and l.classid = ${0x5e6d} and l.granted ${IN_THIS_DATABASE}`)
+                          where l.locktype = 'advisory' and l.classid = segmenter._lock_class('deliver')::oid and l.granted ${IN_THIS_DATABASE}`)
     ).at(0)?.name as string | undefined
   for (let kill = 0; kill < 3; kill++) {
     const before = (await w.targetMembers()).length

@@ -2,8 +2,8 @@
 // Starts throwaway Postgres + MariaDB, builds the migrated template database, runs
 // node's test runner on the files with the servers' URLs in env, and always stops
 // the servers afterwards.
-import { spawn, type ChildProcess } from 'node:child_process'
-import { readdirSync } from 'node:fs'
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, readdirSync, statSync } from 'node:fs'
 import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
@@ -60,13 +60,30 @@ async function buildTemplate(serverUrl: string): Promise<void> {
     if (rowCount) console.error(`warning: migrate() left ${rowCount} connection(s) open; terminated them`)
     // No connections from now on, so copies can never collide with a stray session.
     await admin.query(`ALTER DATABASE ${TEMPLATE} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`)
-    console.error(`template ${TEMPLATE}: ${applied.length} migration(s) applied`)
+    const { rows } = await admin.query<{ server_version: string }>('show server_version')
+    console.error(`template ${TEMPLATE}: ${applied.length} migration(s) applied on PostgreSQL ${rows[0]!.server_version}`)
   } finally {
     await admin.end()
   }
 }
 
+/** Tests spawn the built CLI (bin/segmenter.js runs dist/): build it when a source is newer. */
+function buildIfStale(): void {
+  const built = join(repo, 'dist', 'cli.js')
+  const newest = (dir: string): number =>
+    Math.max(
+      0,
+      ...readdirSync(dir, { withFileTypes: true }).map((e) =>
+        e.isDirectory() ? newest(join(dir, e.name)) : statSync(join(dir, e.name)).mtimeMs,
+      ),
+    )
+  if (existsSync(built) && statSync(built).mtimeMs >= newest(join(repo, 'src'))) return
+  console.error('dist/ is older than src/: npm run build')
+  execFileSync('npm', ['run', 'build', '--silent'], { cwd: repo, stdio: 'inherit' })
+}
+
 async function main(): Promise<number> {
+  buildIfStale()
   const args = process.argv.slice(2)
   const files = (args.length ? args.map((f) => resolve(f)) : findTests(join(repo, 'test'))).map((f) => relative(repo, f))
   if (!files.length) {

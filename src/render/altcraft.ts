@@ -11,18 +11,8 @@
 // db/0007_templates.sql ports this compiler's checks to plpgsql (segmenter._altcraft_fields), so
 // create_subscription refuses what it refuses: change both together; test/template_check.test.ts
 // fails when they disagree.
-import {
-  analyze,
-  fieldValue,
-  renderSlot,
-  SqlFragment,
-  templateError,
-  endsWord,
-  type Dialect,
-  type Piece,
-  type RenderContext,
-  type SlotContext,
-} from './literals.js'
+import { analyze, endsWord, type Piece } from './lexer.js'
+import { fieldValue, renderSlot, SqlFragment, templateError, type Dialect, type RenderContext, type SlotContext } from './literals.js'
 
 type Tag =
   | { t: 'var'; name: 'segment_id' | 'segment_name' | 'audience' }

@@ -22,8 +22,8 @@
 // execute tags ({{! … }}) are refused because they would splice text unescaped.
 // Squirrelly templates are JavaScript and run in-process: only trusted users may write them.
 import * as Sqrl from 'squirrelly'
+import { analyze, type Piece } from './lexer.js'
 import {
-  analyze,
   fieldValue,
   renderSlot,
   SqlFragment,
@@ -31,7 +31,6 @@ import {
   templateError,
   ValueError,
   type Dialect,
-  type Piece,
   type RenderContext,
   type SlotContext,
 } from './literals.js'

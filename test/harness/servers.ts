@@ -66,7 +66,7 @@ export async function freePort(): Promise<number> {
   }
 }
 
-function isExecutable(p: string): boolean {
+export function isExecutable(p: string): boolean {
   try {
     accessSync(p, constants.X_OK)
     return true
@@ -83,6 +83,9 @@ export function findBin(name: string, fallbackDirs: string[]): string {
 }
 
 function pgBins(): { pgCtl: string; initdb: string } {
+  // SEGMENTER_PG_BIN: another build's bin directory (test/matrix.ts runs the suites on each major).
+  const pinned = process.env.SEGMENTER_PG_BIN
+  if (pinned) return { pgCtl: join(pinned, 'pg_ctl'), initdb: join(pinned, 'initdb') }
   // Debian keeps the real binaries in /usr/lib/postgresql/N/bin; prefer 15, then any other version.
   const versions = existsSync('/usr/lib/postgresql') ? readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a)) : []
   const fallbacks = ['15', ...versions.filter((v) => v !== '15')].map((v) => `/usr/lib/postgresql/${v}/bin`)

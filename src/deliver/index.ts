@@ -1,0 +1,216 @@
+// Delivery of one subscription: hold it (advisory lock), ask the target where it stands, read what
+// is pending after that, flush what is due as batches, each committed in the target together with
+// its checkpoint, then record it at home. The round is here; its parts have a module each: hold.ts
+// (error states, divergence), read-ahead.ts (planning and reading the next window), pipeline.ts
+// (runs of batches), isolate.ts (one batch, rejected rows split out and dead-lettered) and
+// record.ts (everything written home).
+import { sequenceChanges } from '../api.js'
+import { SegmenterError } from '../errors.js'
+import { loadMemberRows, loadSegments, loadSubscription, readPending, type SubscriptionRow } from '../read.js'
+import { compareCheckpoints, consumerFingerprint, isFenced, isTransient, openSink, type Checkpoint, type Sink } from '../sinks/index.js'
+import {
+  brokenTemplate,
+  divergedHint,
+  divergence,
+  HeldTemplate,
+  holdSubscription,
+  homeIdentity,
+  templateHint,
+  type HomeIdentity,
+} from './hold.js'
+import { deliverBatch } from './isolate.js'
+import { deliverRun, runLength } from './pipeline.js'
+import { planWindow, READ_AHEAD_MAX_EVENTS, readWindow, scopeOf, type Window } from './read-ahead.js'
+import { reconcileCursor, recordRetry, recordRoundFailure, type LogRows } from './record.js'
+import { memberColumns, type DeliveryContext, type Round, type RoundResult } from './round.js'
+
+export type { DeliveryContext, RoundResult } from './round.js'
+
+// Locks are (class, subscription id) pairs. The class comes from the install's schema
+// (segmenter._lock_class, db/0009_schema.sql): other tools' locks and other installs' subscriptions
+// with the same ids never collide with them.
+const LOCK = `segmenter._lock_class('deliver'), $1::int`
+
+/** Deliver everything that is due for one subscription. */
+export async function deliverSubscription(
+  ctx: DeliveryContext,
+  subscriptionId: string,
+  shouldStop: () => boolean = () => false,
+): Promise<RoundResult> {
+  const lockClient = await ctx.pool.connect()
+  let locked = false
+  // The advisory lock lives as long as this session: a session the server ended (a DBA's
+  // pg_terminate_backend, idle_session_timeout, a failover) lost it, and another sidecar may hold
+  // it now. Nothing more is sent from here on; the fence stops what was already on its way.
+  let lockLost = false
+  const onLockLost = () => (lockLost = true)
+  lockClient.on('error', onLockLost)
+  lockClient.on('end', onLockLost)
+  const stopped = () => lockLost || shouldStop()
+  let ahead: Promise<Window | null> | null = null
+  // Log rows of batches the target committed, still being written home while the next window goes;
+  // shared by every window's Round.
+  const logRows: LogRows = { written: Promise.resolve() }
+  // The sink that delivered the previous window of this call, whose checkpoint it knows.
+  let lastWindowSink: Sink | null = null
+  let home: HomeIdentity | null = null
+  let failure: Error | undefined
+  try {
+    locked = (await lockClient.query<{ ok: boolean }>(`select pg_try_advisory_lock(${LOCK}) as ok`, [subscriptionId])).rows[0]!.ok
+    if (!locked) return { kind: 'busy' }
+    for (;;) {
+      if (stopped()) return lockLost ? lostLock(ctx, subscriptionId) : { kind: 'idle' }
+      // Between windows the target waits for these round trips: they go together.
+      const [, sub, identity]: [unknown, SubscriptionRow | null, HomeIdentity | null, void] = await Promise.all([
+        sequenceChanges(ctx.pool),
+        loadSubscription(ctx.pool, subscriptionId),
+        home ? null : homeIdentity(ctx.pool),
+        logRows.written,
+      ])
+      home ??= identity
+      if (!sub || sub.state !== 'active' || sub.error !== null) return { kind: 'idle' }
+      const broken = brokenTemplate(ctx, sub)
+      if (broken) return holdSubscription(ctx, sub, 'template', broken, templateHint(sub))
+      let sink: Sink
+      try {
+        sink = await sinkFor(ctx, sub, home!.identity)
+      } catch (error) {
+        if (error instanceof SegmenterError && error.code === 'CONFIG_INVALID') {
+          return holdSubscription(ctx, sub, 'configuration', error.message, error.hint)
+        }
+        await recordRoundFailure(ctx, sub, error)
+        return { kind: 'retry', error }
+      }
+      let from: Checkpoint
+      try {
+        // The advisory lock has been held since this call began, so no one else moved the target's
+        // checkpoint since this sink committed it (and if someone did, the fence says so): read
+        // back only at the start (a round trip per window, with the target idle, at 10,000
+        // members a window).
+        const known = sink === lastWindowSink ? sink.lastCommitted(sub.sync_key) : null
+        if (known) from = known
+        else {
+          const target = await sink.checkpoint(sub.sync_key)
+          // The high-water mark read after the checkpoint: every position in the target was
+          // assigned before it was delivered, so before this read (a sidecar that lost its lock may
+          // have delivered positions assigned after this call began).
+          const diverged = divergence(sub, target, await homeIdentity(ctx.pool))
+          if (diverged) return holdSubscription(ctx, sub, 'diverged', diverged, divergedHint(sub))
+          from = target
+        }
+      } catch (error) {
+        await dropSink(ctx, sub.subscription_id)
+        await recordRoundFailure(ctx, sub, error)
+        return { kind: 'retry', error }
+      }
+      // A resync supersedes everything before its snapshot.
+      if (sub.resync_pos !== null && compareCheckpoints(from, { pos: BigInt(sub.resync_pos), ord: 0 }) < 0) {
+        from = { pos: BigInt(sub.resync_pos), ord: 0 }
+      }
+      const window = Math.max(sub.batch_size, Math.min(100_000, Math.max(sub.batch_size * 10, 10_000)))
+      // The next window, read while the previous one was being applied, if it starts here.
+      const prefetched = ahead ? await ahead : null
+      ahead = null
+      // The scope holds batch_size, and with it the window size.
+      const hit = prefetched !== null && compareCheckpoints(prefetched.from, from) === 0 && prefetched.scope === scopeOf(sub)
+      const pending = hit ? prefetched.pending : await readPending(lockClient, sub, from, window)
+      if (pending.length === 0) {
+        await reconcileCursor(ctx.pool, sub, from)
+        return { kind: 'idle' }
+      }
+      const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, window)
+      if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
+      const segments = hit ? prefetched.segments : await loadSegments(ctx.pool, [...new Set(batches.map((b) => b.segmentId))])
+      const columnsOf = memberColumns(ctx, sub, sink.dialect)
+      const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
+      const round: Round = { ctx, sink, sub, segments, members, logRows }
+      // A full window means more is waiting: read it while this one is applied. Not for windows
+      // of big batches: they amortize their own read, and a second one would double the memory.
+      if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
+        const end = plan.flush[plan.flush.length - 1]!
+        ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window, columnsOf)
+      }
+      // Stops only between batches: each is committed whole with its checkpoint, or not at all.
+      for (let i = 0; i < batches.length && !stopped();) {
+        try {
+          const run = runLength(batches, i)
+          let alone = 1
+          if (run > 1) {
+            const result = await deliverRun(round, batches.slice(i, i + run), stopped)
+            i += result.committed
+            if (result.error !== undefined) throw result.error
+            if (result.committed === run || stopped()) continue
+            alone = result.alone
+          }
+          // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
+          await logRows.written
+          for (const stop = i + alone; i < stop && !stopped(); i++) await deliverBatch(round, batches[i]!)
+        } catch (error) {
+          if (error instanceof HeldTemplate) return holdSubscription(ctx, sub, 'template', error.message, templateHint(sub))
+          if (isFenced(error)) {
+            // Another sidecar delivered meanwhile (it holds the lock now, or this one's zombie
+            // transaction committed): nothing of this transaction committed; start again from
+            // what the target says, once the lock is ours.
+            ctx.log.warn({ subscription: sub.name, err: error.message }, 'fenced: the target checkpoint moved under this sidecar')
+            return { kind: 'busy' }
+          }
+          if (!isTransient(error)) throw error
+          await dropSink(ctx, sub.subscription_id)
+          await recordRetry(round, batches[i]!, error)
+          return { kind: 'retry', error }
+        }
+      }
+      lastWindowSink = sink
+      if (lockLost) return lostLock(ctx, subscriptionId)
+      if (shouldStop()) return { kind: 'idle' }
+      if (plan.waitMs !== null) return { kind: 'wait', ms: plan.waitMs }
+    }
+  } catch (error) {
+    failure = error as Error
+    throw error
+  } finally {
+    lockClient.off('error', onLockLost)
+    lockClient.off('end', onLockLost)
+    await ahead
+    // Written before the lock goes: the next holder reads the home cursor these rows move.
+    const recordError = await logRows.written.then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    // After a failure the client may be mid-query on a dead connection: it is discarded (which
+    // also ends its session and so the advisory lock) instead of going back to the pool.
+    if (locked && !failure && !lockLost) await lockClient.query(`select pg_advisory_unlock(${LOCK})`, [subscriptionId]).catch(() => {})
+    lockClient.release(failure ?? (lockLost ? new Error('advisory lock session ended') : undefined))
+    // Unless the round failed anyway: the round's own error says more than the log's.
+    if (recordError !== undefined && failure === undefined) throw recordError
+  }
+}
+
+function lostLock(ctx: DeliveryContext, subscriptionId: string): RoundResult {
+  ctx.log.warn({ subscription: subscriptionId }, 'the home session holding the subscription lock ended; stopped delivering it')
+  return { kind: 'busy' }
+}
+
+// What each open sink was opened from (consumerFingerprint).
+const openedFrom = new WeakMap<Sink, string>()
+
+/** The subscription's sink; reopened when its consumer was repointed (or its variable changed). */
+async function sinkFor(ctx: DeliveryContext, sub: SubscriptionRow, home: string): Promise<Sink> {
+  const fingerprint = consumerFingerprint(sub.consumer, ctx.env) + home
+  const cached = ctx.sinks.get(sub.subscription_id)
+  if (cached && openedFrom.get(cached) === fingerprint) return cached
+  if (cached) {
+    ctx.log.info({ subscription: sub.name, consumer: sub.consumer.name }, 'consumer changed; reconnecting')
+    await dropSink(ctx, sub.subscription_id)
+  }
+  const sink = await openSink(sub.consumer, home, ctx.env)
+  openedFrom.set(sink, fingerprint)
+  ctx.sinks.set(sub.subscription_id, sink)
+  return sink
+}
+
+async function dropSink(ctx: DeliveryContext, subscriptionId: string): Promise<void> {
+  const sink = ctx.sinks.get(subscriptionId)
+  ctx.sinks.delete(subscriptionId)
+  await sink?.close().catch(() => {})
+}

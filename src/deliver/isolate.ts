@@ -1,0 +1,65 @@
+// One batch at a time, isolating what the target rejects: a batch is split in halves down to the
+// member, the rejected members are dead-lettered and the checkpoint passes them.
+import type { Batch } from '../batch.js'
+import { TemplateError } from '../render/index.js'
+import { isFenced, isTransient } from '../sinks/index.js'
+import { HeldTemplate } from './hold.js'
+import { recordDeadLetter, recordRejected, recordSuccess } from './record.js'
+import { renderBatch, type Round } from './round.js'
+
+/**
+ * Render and apply one batch. A rejection (not a connection problem) splits the batch in halves
+ * until the rejected members stand alone; those are dead-lettered and the checkpoint passes them.
+ * A statement over the target's size limit is split the same way before it is sent.
+ */
+export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
+  const { sink, sub } = round
+  const started = performance.now()
+  let statement: string | null = null
+  // Each step in its own try, so that only a failure of this batch's own statement splits it:
+  // a split re-sends its halves, which must never include anything the target already committed.
+  try {
+    statement = renderBatch(round, batch)
+  } catch (error) {
+    // A value this dialect cannot represent, or a field a member lacks: isolate it like a rejection.
+    if (batch.events.length > 1) return splitAndDeliver(round, batch)
+    // A template that fails for a member with a row would fail for every member: hold instead.
+    if (error instanceof TemplateError && hasRow(round, batch)) throw new HeldTemplate(`${batch.event}: ${error.message}`)
+    return deadLetter(round, batch, statement, error)
+  }
+  if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
+    return splitAndDeliver(round, batch)
+  }
+  try {
+    await sink.apply(statement === null ? [] : [statement], sub.sync_key, batch.through)
+  } catch (error) {
+    if (isTransient(error) || isFenced(error)) throw error
+    return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
+  }
+  await recordSuccess(round, batch, performance.now() - started, statement === null ? 0 : 1)
+}
+
+/** Whether the batch's (one) member has a row of its own: read from the segment table or captured. */
+function hasRow({ segments, members }: Round, batch: Batch): boolean {
+  const e = batch.events[0]
+  if (!e || e.memberId === null) return true // a segment-level event: only the template is there
+  return e.row !== null || members.get(batch.segmentId)?.has(e.memberId) === true || !segments.has(batch.segmentId)
+}
+
+async function splitAndDeliver(round: Round, batch: Batch): Promise<void> {
+  const half = Math.ceil(batch.events.length / 2)
+  const first = batch.events.slice(0, half)
+  const last = first[first.length - 1]!
+  await deliverBatch(round, { ...batch, events: first, through: { pos: last.pos, ord: last.ord } })
+  await deliverBatch(round, { ...batch, events: batch.events.slice(half) })
+}
+
+async function deadLetter(round: Round, batch: Batch, statement: string | null, error: unknown): Promise<void> {
+  const { ctx, sink, sub } = round
+  const e = batch.events[0]
+  const message = (error as Error)?.message ?? String(error)
+  ctx.log.warn({ subscription: sub.name, event: batch.event, member: e?.memberId, err: message }, 'target rejected an event; dead-lettered')
+  if (e) await recordDeadLetter(ctx, sub, e, statement, error)
+  await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
+  await recordRejected(round, batch, error)
+}
