@@ -6,7 +6,7 @@ import pg from 'pg'
 import { migrate } from '../src/migrate.js'
 import { startMariadb, startPostgres, type PgServer } from '../test/harness/servers.js'
 
-export async function benchDatabase(): Promise<{ url: string; pool: pg.Pool; stop(): Promise<void> }> {
+export async function benchDatabase(): Promise<{ url: string; pool: pg.Pool; dataDir: string | undefined; stop(): Promise<void> }> {
   let server: PgServer | undefined
   let url = process.env.BENCH_DATABASE_URL
   if (!url) {
@@ -18,6 +18,7 @@ export async function benchDatabase(): Promise<{ url: string; pool: pg.Pool; sto
   return {
     url,
     pool,
+    dataDir: server?.dataDir,
     async stop() {
       await pool.end()
       await server?.destroy()
@@ -42,9 +43,9 @@ export const round = (x: number, digits = 3): number => Number(x.toFixed(digits)
 // --- MariaDB for the delivery benchmark -------------------------------------------------------
 
 /** A MariaDB server (BENCH_MYSQL_URL, or a throwaway one started like the tests' one). */
-export async function benchMysql(): Promise<{ url: string; stop(): Promise<void> }> {
+export async function benchMysql(): Promise<{ url: string; pid: (() => number) | undefined; stop(): Promise<void> }> {
   const url = process.env.BENCH_MYSQL_URL
-  if (url) return { url, async stop() {} }
+  if (url) return { url, pid: undefined, async stop() {} }
   // mariadb-install-db now and then fails when another install runs at the same moment (a clash
   // on its temporary tables in /tmp); a second attempt gets a fresh directory.
   let server: Awaited<ReturnType<typeof startMariadb>> | undefined
@@ -57,6 +58,7 @@ export async function benchMysql(): Promise<{ url: string; stop(): Promise<void>
   }
   return {
     url: server.url,
+    pid: () => Number(readFileSync(`${server!.root}/mariadbd.pid`, 'utf8')),
     async stop() {
       await server!.destroy()
     },
@@ -130,6 +132,32 @@ export function cpuByKind(): Record<'postgres' | 'mariadb' | 'node' | 'other' | 
   }
   return out
 }
+
+/**
+ * CPU time (ms, user + system) of one server: the process `pid` with what its exited children
+ * used, and its living children (a Postgres postmaster's backends). Other servers on the machine
+ * (tests running meanwhile) do not count, unlike cpuByKind.
+ */
+export function serverCpuMs(pid: number): number {
+  const tick = 1000 / 100
+  let ms = 0
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue
+    let f: string[]
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
+      f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    } catch {
+      continue
+    }
+    if (Number(p) === pid) ms += (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * tick
+    else if (Number(f[1]) === pid) ms += (Number(f[11]) + Number(f[12])) * tick
+  }
+  return ms
+}
+
+/** The postmaster's pid of the Postgres server in `dataDir` (the first line of postmaster.pid). */
+export const postmasterPid = (dataDir: string): number => Number(readFileSync(`${dataDir}/postmaster.pid`, 'utf8').split('\n')[0])
 
 export function cpuSince(before: ReturnType<typeof cpuByKind>): Record<string, number> {
   const now = cpuByKind()

@@ -1,0 +1,226 @@
+// Scale: how the drain and a resync behave as a segment grows, at several sizes in one process, so
+// that the figures of every size come from the same servers, the same settings and the same hour.
+// Per size N (default 1M, 5M, 10M), with the sidecar started as users start it (bin/segmenter.js
+// run, a child process, its launcher's heap flags):
+//  1. raw: N rows into MariaDB with mysql2, batches of B, one transaction per batch (the baseline);
+//  2. drain: one home INSERT of N members into a registered segment table with an active
+//     subscription, then from the home commit until the home cursor covers everything; the ratio
+//     raw / drain, the CPU of the home Postgres and of the sidecar per member, the sidecar's peak RSS;
+//  3. resync: a new subscription of the same N members (a snapshot, as resync takes) drained by a
+//     fresh sidecar: its peak RSS (VmHWM) and rate;
+//  4. the change log: its size on disk per captured event after the drain, and after prune().
+// Usage: node --import tsx bench/scale.ts [sizes=1000000,5000000,10000000] [batch=1000]
+// Writes bench/results/<date>-scale.json and prints the table.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { benchDatabase, benchMysql, cpuByKind, cpuSince, mysqlDatabase, postmasterPid, procStatusMb, round, serverCpuMs } from './common.js'
+
+const sizes = (process.argv[2] ?? '1000000,5000000,10000000').split(',').map(Number)
+const batch = Number(process.argv[3] ?? 1000)
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const progress = (msg: string) => process.stderr.write(`[scale] ${new Date().toISOString().slice(11, 19)} ${msg}\n`)
+
+const home = await benchDatabase()
+const maria = await benchMysql()
+if (!home.dataDir || !maria.pid) throw new Error('bench/scale measures its own servers: unset BENCH_DATABASE_URL and BENCH_MYSQL_URL')
+// CPU of these two servers only: tests or other benches running meanwhile do not count.
+const homeCpuMs = () => serverCpuMs(postmasterPid(home.dataDir!))
+const mariaCpuMs = () => serverCpuMs(maria.pid!())
+const q = (sql: string, params?: unknown[]) => home.pool.query(sql, params)
+const target = await mysqlDatabase(maria.url, 'bench_scale')
+process.env.BENCH_TARGET_URL = target.url
+await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
+
+const ADD = (table: string) => `INSERT INTO ${table} (segId, clientId, email, updated) VALUES
+{for $index, $lead = $batch}({segment_id}, {$lead.id}, {$lead.hash_email}, NOW(6)){autocomma}{end}`
+const REMOVE = (table: string) => `DELETE FROM ${table} WHERE segId = {segment_id} AND clientId IN ({batch_in "id"})`
+const targetTable = (table: string) =>
+  target.conn.query(`create table ${table} (segId varchar(36) not null, clientId varchar(255) not null,
+  email varchar(64), updated datetime(6), key (segId, clientId)) engine=InnoDB`)
+const count = async (table: string) => Number(((await target.conn.query(`select count(*) as n from ${table}`)) as any)[0][0].n)
+
+async function subscribe(name: string, segment: string, table: string): Promise<string> {
+  await q(
+    `select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array[$2], syntax => 'altcraft',
+    add_sql => $3, remove_sql => $4, batch_size => $5)`,
+    [name, segment, ADD(table), REMOVE(table), batch],
+  )
+  return (await q(`select subscription_id from segmenter.subscriptions where name = $1`, [name])).rows[0].subscription_id
+}
+
+/** Wait until nothing is pending for the subscription, sampling the sidecar's RSS on the way. */
+async function drained(subscriptionId: string, child: ChildProcess): Promise<void> {
+  for (;;) {
+    const { rows } = await q(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
+    if (Number(rows[0].pending_changes) === 0) return
+    if (child.exitCode !== null) throw new Error(`the sidecar exited (${child.exitCode}) before the drain finished`)
+    await sleep(100)
+  }
+}
+
+const startSidecar = () =>
+  spawn(
+    process.execPath,
+    // SCALE_NODE_FLAGS come last, so they override the launcher's (to try other heap settings).
+    [...launcherFlags(), ...(process.env.SCALE_NODE_FLAGS?.split(' ').filter(Boolean) ?? []), 'bin/segmenter.js', 'run'],
+    {
+      cwd: ROOT,
+      env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
+      // The sidecar writes nothing to stdout, except what SCALE_NODE_FLAGS asks of V8 (--trace-gc).
+      stdio: ['ignore', process.env.SCALE_NODE_FLAGS ? 'inherit' : 'ignore', 'inherit'],
+    },
+  )
+/** The heap flags of the launcher's shebang: what `bin/segmenter.js run` starts with. */
+function launcherFlags(): string[] {
+  const shebang = readFileSync(`${ROOT}bin/segmenter.js`, 'utf8').split('\n')[0]!
+  return shebang.split(/\s+/).filter((w) => w.startsWith('--'))
+}
+const stopSidecar = async (child: ChildProcess) => {
+  child.kill('SIGTERM')
+  await new Promise((r) => child.once('exit', r))
+}
+/** User + system CPU of one process, ms. */
+function processCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(f[11]) + Number(f[12])) * 10
+}
+/** The change log on disk: the table, its TOAST (the id arrays) and its indexes. */
+const changeLogBytes = async () => Number((await q(`select pg_total_relation_size('segmenter.changes') as n`)).rows[0].n)
+
+async function raw(n: number) {
+  await targetTable('raw_members')
+  const start = performance.now()
+  for (let first = 1; first <= n; first += batch) {
+    const values: string[] = []
+    for (let g = first; g < first + batch && g <= n; g++)
+      values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
+    await target.conn.query(
+      `start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`,
+    )
+  }
+  const ms = performance.now() - start
+  await target.conn.query('drop table raw_members')
+  return ms
+}
+
+const results: Record<string, unknown>[] = []
+for (const n of sizes) {
+  progress(`${n}: raw mysql2 baseline`)
+  const rawMs = await raw(n)
+
+  progress(`${n}: drain`)
+  const table = `scale_${n}`
+  await q(`create table ${table} (segment_id uuid not null, id text, hash_email text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
+    create index on ${table} (segment_id, id)`)
+  const segment = (await q(`select segmenter.create_segment($1::text, $2::regclass) as id`, [table, table])).rows[0].id
+  await targetTable('members')
+  const drainSub = await subscribe(`drain_${n}`, table, 'members')
+  let child = startSidecar()
+  await drained(drainSub, child)
+  await sleep(1000)
+  const insertStart = performance.now()
+  await q(
+    `insert into ${table} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
+    [segment, n],
+  )
+  const insertMs = performance.now() - insertStart
+  const cpu = cpuByKind()
+  const [home0, maria0, sidecar0] = [homeCpuMs(), mariaCpuMs(), processCpuMs(child.pid!)]
+  const drainStart = performance.now()
+  await drained(drainSub, child)
+  const drainMs = performance.now() - drainStart
+  const steal = cpuSince(cpu).steal!
+  const [drainHomeCpuMs, drainMariaCpuMs, drainSidecarCpuMs] = [
+    homeCpuMs() - home0,
+    mariaCpuMs() - maria0,
+    processCpuMs(child.pid!) - sidecar0,
+  ]
+  const drainPeakMb = procStatusMb(child.pid!, 'VmHWM')
+  await stopSidecar(child)
+  if ((await count('members')) !== n) throw new Error(`drain of ${n}: ${await count('members')} rows in the target`)
+  const logBytes = await changeLogBytes()
+  const events = Number((await q(`select coalesce(sum(members), 0) as n from segmenter.changes`)).rows[0].n)
+  await target.conn.query('drop table members')
+
+  progress(`${n}: resync in a fresh sidecar`)
+  await targetTable('members')
+  child = startSidecar()
+  await sleep(2000)
+  const idleMb = procStatusMb(child.pid!, 'VmRSS')
+  const resyncStart = performance.now()
+  const resyncSub = await subscribe(`resync_${n}`, table, 'members')
+  await drained(resyncSub, child)
+  const resyncMs = performance.now() - resyncStart
+  const resyncPeakMb = procStatusMb(child.pid!, 'VmHWM')
+  await stopSidecar(child)
+  if ((await count('members')) !== n) throw new Error(`resync of ${n}: ${await count('members')} rows in the target`)
+  await target.conn.query('drop table members')
+
+  // Everything delivered: prune() may drop the change log of both subscriptions.
+  await q(`select segmenter.drop_subscription($1), segmenter.drop_subscription($2)`, [`drain_${n}`, `resync_${n}`])
+  await q(`select * from segmenter.prune()`)
+  const eventsAfterPrune = Number((await q(`select coalesce(sum(members), 0) as n from segmenter.changes`)).rows[0].n)
+  await q(`select segmenter.retire_segment($1)`, [table])
+  await q(`drop table ${table}`)
+  await q(`select * from segmenter.prune()`)
+  await q('vacuum segmenter.changes')
+
+  const result = {
+    members: n,
+    raw_rows_per_s: Math.round(n / (rawMs / 1000)),
+    drain_rows_per_s: Math.round(n / (drainMs / 1000)),
+    drain_ratio: round(rawMs / drainMs, 2),
+    home_insert_ms: Math.round(insertMs),
+    home_cpu_s: round(drainHomeCpuMs / 1000, 1),
+    home_cpu_us_per_member: round((drainHomeCpuMs * 1000) / n, 2),
+    sidecar_cpu_s: round(drainSidecarCpuMs / 1000, 1),
+    sidecar_cpu_us_per_member: round((drainSidecarCpuMs * 1000) / n, 2),
+    mariadb_cpu_s: round(drainMariaCpuMs / 1000, 1),
+    steal_s: round(steal / 1000, 1),
+    drain_peak_rss_mb: round(drainPeakMb ?? NaN, 0),
+    resync_rows_per_s: Math.round(n / (resyncMs / 1000)),
+    resync_idle_rss_mb: round(idleMb ?? NaN, 0),
+    resync_peak_rss_mb: round(resyncPeakMb ?? NaN, 0),
+    change_log_events: events,
+    change_log_bytes: logBytes,
+    change_log_bytes_per_event: round(logBytes / Math.max(1, events), 1),
+    change_log_events_after_prune: eventsAfterPrune,
+  }
+  progress(JSON.stringify(result))
+  results.push(result)
+}
+
+const first = results[0]!
+const report = {
+  benchmark: 'scale',
+  date: new Date().toISOString(),
+  batch_size: batch,
+  launcher_flags: launcherFlags(),
+  target_peak_rss_mb: 250,
+  sizes: results,
+  // What issue 15 asks: RSS at most 250 MB and within 10% across the sizes; the drain ratio at the
+  // largest size within 0.05 of the smallest's.
+  peak_rss_spread: round(
+    Math.max(...results.map((r) => r.resync_peak_rss_mb as number)) / Math.min(...results.map((r) => r.resync_peak_rss_mb as number)) - 1,
+    3,
+  ),
+  drain_ratio_drop: round((first.drain_ratio as number) - (results.at(-1)!.drain_ratio as number), 2),
+}
+mkdirSync(`${ROOT}bench/results`, { recursive: true })
+const file = `${ROOT}bench/results/${report.date.slice(0, 10)}-scale.json`
+writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
+console.log(JSON.stringify(report, null, 2))
+console.log('\n| N | drain vs raw mysql2 | sidecar peak RSS, resync | home CPU, drain | sidecar CPU, drain |')
+console.log('|---|---|---|---|---|')
+for (const r of results)
+  console.log(
+    `| ${(r.members as number).toLocaleString('en')} | ${r.drain_ratio}× | ${r.resync_peak_rss_mb} MB | ${r.home_cpu_s} s (${r.home_cpu_us_per_member} µs/member) | ${r.sidecar_cpu_s} s (${r.sidecar_cpu_us_per_member} µs/member) |`,
+  )
+progress(`written to ${file}`)
+await target.conn.end()
+await maria.stop()
+await home.stop()
