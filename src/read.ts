@@ -90,8 +90,7 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
   let failed = false
   try {
     for (let pageSize = 1; ;) {
-      // Fetch about as many changes as the window still needs: one change can hold 10,000
-      // members, and fetching more than needed parses arrays only to drop them.
+      // One change can hold 10,000 members: fetching more than needed parses arrays only to drop them.
       const page = await cursor.read(pageSize)
       for (const c of page) {
         const pos = BigInt(c.pos)
@@ -115,8 +114,12 @@ export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, f
         if (events.length >= limit) return events.slice(0, limit)
       }
       if (page.length < pageSize) return events
+      // Fetch about as many changes as the window still needs, judged by the page just read, but
+      // at most twice as many as that page: a page of one small change (a resync's segment_upsert)
+      // said "1 member per change" and the next page of 1,000 changes of 10,000 members parsed the
+      // whole backlog at once (3M ids, 130 MB of heap, in a 3M-member resync).
       const perChange = Math.max(1, ...page.map((c) => c.members))
-      pageSize = Math.min(1000, Math.max(1, Math.ceil((limit - events.length) / perChange)))
+      pageSize = Math.min(1000, 2 * pageSize, Math.max(1, Math.ceil((limit - events.length) / perChange)))
     }
   } catch (error) {
     failed = true

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import type { PendingEvent } from '../src/batch.js'
 import { createPool, endPool } from '../src/db.js'
-import { loadMemberRows, loadSegments } from '../src/read.js'
+import { loadMemberRows, loadSegments, loadSubscription, readPending } from '../src/read.js'
 import { freshPg } from './harness/db.js'
 
 test('member rows read a column at a time are the values pg parses from whole rows, for every kind of column', async (t) => {
@@ -62,4 +62,43 @@ test('member rows read a column at a time are the values pg parses from whole ro
   const full = await expected('full')
   assert.deepEqual(some.get('full'), { n: full.n, id: 'full', c: full.c, ip: full.ip })
   assert.deepEqual(Object.keys(some.get('nulls')!), ['n', 'id', 'c', 'ip'])
+})
+
+test('a window reads the changes it needs, not the backlog: a small change before 10,000-member chunks does not pull them all', async (t) => {
+  const home = await freshPg()
+  const pool = createPool(home.url)
+  t.after(async () => {
+    await endPool(pool)
+    await home.close()
+  })
+  await home.query(`create table public.seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
+  const [{ id: seg }] = await home.query(`select segmenter.create_segment('seg', 'public.seg') as id`)
+  await home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 300000) g`, [seg])
+  await home.query(`select segmenter.create_consumer('c', 'postgres', 'postgres', 'NOWHERE')`)
+  // A new subscription's first sync: segment_upsert (1 member), then 30 chunks of 10,000 adds.
+  await home.query(`select segmenter.create_subscription(name => 's', consumer => 'c', segments => array['seg'],
+    add_sql => 'select 1', remove_sql => 'select 2')`)
+  await home.query('select segmenter.sequence_changes()')
+  const [{ subscription_id: id }] = await home.query(`select subscription_id from segmenter.subscriptions`)
+  const sub = (await loadSubscription(pool, id))!
+  const client = await pool.connect()
+  t.after(() => client.release())
+  // Count the change rows the cursor brings over.
+  let fetched = 0
+  const query = client.query.bind(client) as (q: unknown) => unknown
+  ;(client as unknown as { query: (q: unknown) => unknown }).query = (q: unknown) => {
+    const cursor = query(q) as { read(n: number): Promise<unknown[]> }
+    const read = cursor.read.bind(cursor)
+    cursor.read = async (n: number) => {
+      const rows = await read(n)
+      fetched += rows.length
+      return rows
+    }
+    return cursor
+  }
+  const events = await readPending(client, sub, { pos: 0n, ord: 0 }, 10_000)
+  assert.equal(events.length, 10_000)
+  assert.equal(events[0]!.event, 'segment_upsert')
+  assert.ok(fetched <= 3, `${fetched} changes fetched for a window of 10,000 (the backlog has 31)`)
 })
