@@ -55,7 +55,8 @@ async function drained(subscriptionId: string, child: ChildProcess): Promise<voi
   for (;;) {
     const { rows } = await q(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
     if (Number(rows[0].pending_changes) === 0) return
-    if (child.exitCode !== null) throw new Error(`the sidecar exited (${child.exitCode}) before the drain finished`)
+    if (child.exitCode !== null || child.signalCode !== null)
+      throw new Error(`the sidecar exited (${child.exitCode ?? child.signalCode}) before the drain finished`)
     await sleep(100)
   }
 }
@@ -143,6 +144,31 @@ for (const n of sizes) {
   await stopSidecar(child)
   if ((await count('members')) !== n) throw new Error(`drain of ${n}: ${await count('members')} rows in the target`)
   const logBytes = await changeLogBytes()
+  // The two reads of a window, for 10,000 members in the middle of the segment, as the sidecar
+  // makes them (src/read.ts): where their time and buffers go as N grows.
+  const middle = Math.floor(n / 2)
+  const ids = JSON.stringify(Array.from({ length: 10_000 }, (_, i) => `member-${middle + i}`))
+  const plan = async (sql: string, params: unknown[]) => {
+    const [
+      {
+        'QUERY PLAN': [p],
+      },
+    ] = (await q(`explain (analyze, buffers, format json) ${sql}`, params)).rows
+    return { ms: round(p['Execution Time'], 1), shared_hit: p.Plan['Shared Hit Blocks'], shared_read: p.Plan['Shared Read Blocks'] }
+  }
+  const memberRowsPlan = await plan(
+    `select json_agg(t.id::text) as keys, json_agg(t.hash_email) from ${table} t
+     where t.segment_id = $1 and t.actual_end = 'infinity' and t.id = any(array(select value::text from json_array_elements_text($2::json)))`,
+    [segment, ids],
+  )
+  const middlePos = (
+    await q(`select pos from segmenter.changes where segment_id = $1 order by pos offset $2 limit 1`, [segment, Math.floor(n / 20_000)])
+  ).rows[0]?.pos
+  const changesPlan = await plan(
+    `select c.pos, to_json(c.ids) as ids from (select * from segmenter.changes c where c.pos >= $1 and c.segment_id = any($2::uuid[])
+       and (c.subscription_id is null or c.subscription_id = $3) order by c.pos offset 0) c limit 2`,
+    [middlePos ?? 0, [segment], drainSub],
+  )
   const events = Number((await q(`select coalesce(sum(members), 0) as n from segmenter.changes`)).rows[0].n)
   await target.conn.query('drop table members')
 
@@ -162,11 +188,11 @@ for (const n of sizes) {
 
   // Everything delivered: prune() may drop the change log of both subscriptions.
   await q(`select segmenter.drop_subscription($1), segmenter.drop_subscription($2)`, [`drain_${n}`, `resync_${n}`])
-  await q(`select * from segmenter.prune()`)
+  await q(`select * from segmenter.prune(changes_keep => interval '0 s')`)
   const eventsAfterPrune = Number((await q(`select coalesce(sum(members), 0) as n from segmenter.changes`)).rows[0].n)
   await q(`select segmenter.retire_segment($1)`, [table])
   await q(`drop table ${table}`)
-  await q(`select * from segmenter.prune()`)
+  await q(`select * from segmenter.prune(changes_keep => interval '0 s')`)
   await q('vacuum segmenter.changes')
 
   const result = {
@@ -185,6 +211,8 @@ for (const n of sizes) {
     resync_rows_per_s: Math.round(n / (resyncMs / 1000)),
     resync_idle_rss_mb: round(idleMb ?? NaN, 0),
     resync_peak_rss_mb: round(resyncPeakMb ?? NaN, 0),
+    member_rows_read_10k: memberRowsPlan,
+    changes_read_2: changesPlan,
     change_log_events: events,
     change_log_bytes: logBytes,
     change_log_bytes_per_event: round(logBytes / Math.max(1, events), 1),
