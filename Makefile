@@ -1,6 +1,6 @@
 # Targets are documented by their `## ` comment; `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help setup install typecheck format build test test-matrix test-one chaos demo bench clean schema
+.PHONY: help setup install typecheck format build test test-matrix test-one chaos demo bench bench-scale clean schema
 
 help: ## list targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -50,8 +50,11 @@ schema: install ## write db/schema.sql, a pg_dump of what the migrations produce
 demo: install ## run the demo (src/demo.ts)
 	node --import tsx src/demo.ts
 
-bench: install build ## run every bench/*.ts
-	@set -e; for f in bench/*.ts; do [ -e "$$f" ] || continue; echo "== $$f"; node --import tsx "$$f"; done
+bench: install build ## run every bench/*.ts but scale (bench/common.ts is shared code)
+	@set -e; for f in bench/*.ts; do case "$$f" in bench/common.ts|bench/scale.ts) continue;; esac; echo "== $$f"; node --import tsx "$$f"; done
+
+bench-scale: install build ## the drain and a resync at 1M, 5M and 10M members (about 20 min); writes bench/results/DATE-scale.json
+	node --import tsx bench/scale.ts $(SIZES)
 
 clean: ## remove build output and leftover test/bench artifacts
 	rm -rf dist .test-servers

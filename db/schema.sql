@@ -148,7 +148,7 @@ CREATE FUNCTION segmenter._altcraft_fields(field text, source text, dialect text
     AS $_$
 declare
   ws constant text := segmenter._js_space();
-  known constant text := '{segment_id}, {segment_name}, {audience}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}';
+  known constant text := '{segment_id}, {segment_name}, {audience}, {version}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}';
   ch text[] := coalesce(string_to_array(source, null), '{}');
   n int := cardinality(ch);
   kinds text[] := '{}'; texts text[] := '{}'; ats int[] := '{}'; names text[] := '{}';
@@ -172,7 +172,7 @@ begin
         m_in := regexp_match(b, '^batch_in' || ws || '+(?:"([^"]+)"|''([^'']+)''|([A-Za-z0-9_$]+))$');
         m_field := regexp_match(b, '^\$([A-Za-z0-9_]+)\.([A-Za-z0-9_$]+)$');
         m_index := regexp_match(b, '^\$([A-Za-z0-9_]+)$');
-        if b in ('segment_id', 'segment_name', 'audience') then
+        if b in ('segment_id', 'segment_name', 'audience', 'version') then
           kinds := kinds || 'slot'::text;
         elsif b = 'end' then
           if not in_loop then
@@ -2019,12 +2019,17 @@ begin
   if name is null or btrim(name) = '' then
     perform segmenter._fail('SG012', 'name: a consumer needs a non-empty name', 'pass name => ''warehouse''');
   end if;
-  if kind is null or kind not in ('mysql', 'postgres') then
-    perform segmenter._fail('SG012', format('kind: %L is not a consumer kind', kind), 'use kind => ''mysql'' (MySQL/MariaDB) or ''postgres''');
+  if kind is null or kind not in ('mysql', 'postgres', 'clickhouse') then
+    perform segmenter._fail('SG012', format('kind: %L is not a consumer kind', kind),
+      'use kind => ''mysql'' (MySQL/MariaDB), ''postgres'' or ''clickhouse''');
   end if;
   if dialect is null or dialect not in ('mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse') then
     perform segmenter._fail('SG007', format('dialect: %L is not a known SQL dialect', dialect),
       'use one of mysql, postgres, mssql, oracle, bigquery, clickhouse');
+  end if;
+  if kind = 'clickhouse' and dialect <> 'clickhouse' then
+    perform segmenter._fail('SG012', format('dialect: a clickhouse consumer''s templates are ClickHouse SQL, not %s', dialect),
+      'pass dialect => ''clickhouse''');
   end if;
   if dsn_env is null or dsn_env !~ '^[A-Za-z_][A-Za-z0-9_]*$' then
     perform segmenter._fail('SG012', format('dsn_env: %L is not an environment variable name', dsn_env),

@@ -118,3 +118,24 @@ export function toBatches(window: PendingEvent[], survivors: PendingEvent[], bat
   }
   return batches
 }
+
+// A position as one integer, pos * 2^24 + ord: a change holds at most 10,000 members (the capture
+// triggers' chunks), so ord < 2^24, and pos has 40 bits left. Ordered as the positions are.
+const ORD_BITS = 24n
+
+/** (pos, ord) as one integer that orders like the positions (ClickHouse's UInt64 versions). */
+export function positionVersion(pos: bigint, ord: number): bigint {
+  if (ord < 0 || ord >= 1 << Number(ORD_BITS)) throw new Error(`positionVersion: ord ${ord} does not fit in ${ORD_BITS} bits`)
+  return (pos << ORD_BITS) + BigInt(ord)
+}
+
+/**
+ * The `version` a batch renders with: its first event's position. It grows from batch to batch of
+ * a subscription in delivery order (each starts after the one before ends), and is the same when
+ * the batch is delivered again from the same checkpoint (it starts with the same event). A target
+ * without transactions (ClickHouse) keeps the rows of the highest version, so a replay converges.
+ */
+export function batchVersion(batch: Batch): bigint {
+  const first = batch.events[0]
+  return first ? positionVersion(first.pos, first.ord) : 0n
+}

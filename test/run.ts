@@ -1,5 +1,5 @@
 // Test entry point: node --import tsx test/run.ts [files...]
-// Starts throwaway Postgres + MariaDB, builds the migrated template database, runs
+// Starts throwaway Postgres, MariaDB and ClickHouse, builds the migrated template database, runs
 // node's test runner on the files with the servers' URLs in env, and always stops
 // the servers afterwards.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
@@ -8,7 +8,7 @@ import { dirname, join, relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { migrate } from '../src/migrate.js'
-import { startMariadb, startPostgres, type Server } from './harness/servers.js'
+import { startClickhouse, startMariadb, startPostgres, type Server } from './harness/servers.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const TEMPLATE = 'segmenter_template'
@@ -92,14 +92,16 @@ async function main(): Promise<number> {
   }
 
   const t0 = Date.now()
-  const [pgR, myR] = await Promise.allSettled([startPostgres(), startMariadb()])
-  for (const r of [pgR, myR]) if (r.status === 'fulfilled') servers.push(r.value)
-  if (pgR.status === 'rejected' || myR.status === 'rejected') {
-    for (const r of [pgR, myR]) if (r.status === 'rejected') console.error(`test server startup failed: ${(r.reason as Error).message}`)
+  const started = await Promise.allSettled([startPostgres(), startMariadb(), startClickhouse()])
+  for (const r of started) if (r.status === 'fulfilled') servers.push(r.value)
+  if (started.some((r) => r.status === 'rejected')) {
+    for (const r of started) if (r.status === 'rejected') console.error(`test server startup failed: ${(r.reason as Error).message}`)
     return 1
   }
-  const [pgS, my] = [pgR.value, myR.value]
-  console.error(`test servers up in ${Date.now() - t0} ms: ${pgS.url} (log ${pgS.logFile}), ${my.url} (log ${my.logFile})`)
+  const [pgS, my, ch] = started.map((r) => (r as PromiseFulfilledResult<Server>).value) as [Server, Server, Server]
+  console.error(
+    `test servers up in ${Date.now() - t0} ms: ${pgS.url} (log ${pgS.logFile}), ${my.url} (log ${my.logFile}), ${ch.url} (log ${ch.logFile})`,
+  )
 
   try {
     await buildTemplate(pgS.url)
@@ -137,6 +139,7 @@ async function main(): Promise<number> {
         SEGMENTER_TEST_MYSQL_URL: my.url,
         SEGMENTER_TEST_MYSQL_DATADIR: my.dataDir,
         SEGMENTER_TEST_MYSQL_CMD: JSON.stringify(my.command),
+        SEGMENTER_TEST_CLICKHOUSE_URL: ch.url,
       },
     },
   )

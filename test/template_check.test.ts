@@ -282,6 +282,13 @@ updated = NOW();`,
   ),
   alt('tags with spaces inside', 'select {segment_id }, {  audience}', 'ok'),
   alt('index and audience', 'insert into t values {for $i, $lead = $batch}({$i}, {$lead.id}, {audience}){autocomma}{end}', 'ok'),
+  // The batch version (issue 16), in every dialect; like any value, not inside a comment or a MySQL partial string.
+  alt('version', 'insert into t values {for $i, $lead = $batch}({$lead.id}, {version}, { version }){autocomma}{end}', 'ok'),
+  alt('version in a comment', 'select 1 -- {version}', 'refused'),
+  alt('version inside a larger literal', "select 'v{version}'", MYSQL_ONLY_REFUSED),
+  alt('version with a field', 'select {$version.x}', 'refused'),
+  sq('it.version', 'insert into t values {{@rows(it.batch) => lead}}({{ lead.id }}, {{ it.version }}){{/rows}}', 'ok'),
+  sq('it.version in an expression', "select {{ it.version + 1n }}, '{{ String(it.version) }}'", 'ok'),
   alt('postgres E-string, a dollar string without placeholders', "select E'a\\nb', $$ it's $$, {segment_id}", {
     mysql: 'refused',
     postgres: 'ok',
@@ -355,6 +362,7 @@ function generated(syntax: Syntax, count: number, seed: number): Array<Omit<Case
   const TAGS: Record<Syntax, string[]> = {
     squirrelly: [
       '{{ it.segment_id }}',
+      '{{ it.version }}',
       '{{ lead.id }}',
       '{{ m.id }}',
       '{{ lead.nosuch }}',
@@ -392,6 +400,7 @@ function generated(syntax: Syntax, count: number, seed: number): Array<Omit<Case
       '{segment_id}',
       '{segment_name}',
       '{ audience }',
+      '{version}',
       '{for $i, $lead = $batch}',
       '{for $lead = $batch}',
       '{for $i, $m = $batch}',

@@ -37,6 +37,7 @@ const ctx = (segmentId: string, name: string, ids: readonly string[]): RenderCon
   segment_id: segmentId,
   segment_name: name,
   audience: null,
+  version: 7n,
   batch: ids.map((id) => member(segmentId, id)),
 })
 const render = (dialect: Dialect, kind: Kind, c: RenderContext) => compileTemplate(read(dialect, kind), 'altcraft', dialect).render(c)
@@ -70,11 +71,18 @@ for (const dialect of DIALECTS) {
       `add lists the members in order: ${at}`,
     )
     assert.equal(count(rendered.add, seg), 3, 'add: one segment id per member row')
-    assert.ok(rendered.remove.includes(`IN (${lits.join(', ')})`), `remove: ${rendered.remove}`)
-    assert.match(rendered.remove, /DELETE FROM segment_members WHERE segment_id = \S/)
-    assert.match(rendered.clear, /DELETE FROM segment_members WHERE segment_id = \S/)
     assert.ok(rendered.segment_upsert.includes(literal(NAME1, dialect)), 'segment_upsert writes the name')
-    assert.match(rendered.segment_delete, /DELETE FROM segments WHERE segment_id = \S/)
+    if (dialect === 'clickhouse') {
+      // Versioned rows instead of deletes: a remove is a tombstone row per member (test/clickhouse_templates.test.ts).
+      assert.equal(count(rendered.remove, seg), 3, 'remove: one tombstone per member')
+      assert.match(rendered.clear, /^INSERT INTO segment_members \(segment_id, member_id, version, deleted\)\nSELECT /m)
+      assert.match(rendered.segment_delete, /^INSERT INTO segments \(segment_id, name, version, deleted\) VALUES \(/m)
+    } else {
+      assert.ok(rendered.remove.includes(`IN (${lits.join(', ')})`), `remove: ${rendered.remove}`)
+      assert.match(rendered.remove, /DELETE FROM segment_members WHERE segment_id = \S/)
+      assert.match(rendered.clear, /DELETE FROM segment_members WHERE segment_id = \S/)
+      assert.match(rendered.segment_delete, /DELETE FROM segments WHERE segment_id = \S/)
+    }
 
     const schema = read(dialect, 'schema')
     assert.equal(compileTemplate(schema, 'altcraft', dialect).render(c), schema, 'schema.sql has no placeholders')
@@ -129,13 +137,19 @@ test('dialect-specific forms of the rendered SQL', () => {
   assert.ok(bqAdd.includes(`  (${literal(SEG, 'bigquery')}, ${literal(IDS[2], 'bigquery')})\n\]\)\) s\n`), bqAdd)
   assert.match(r('bigquery', 'segment_upsert'), /^MERGE segments t$/m)
 
-  // ClickHouse: plain INSERT (ReplacingMergeTree dedupes), lightweight DELETE for the rest.
+  // ClickHouse: versioned rows of a ReplacingMergeTree(version); removes and clears are tombstones.
   assert.equal(literal(IDS[0], 'clickhouse'), `'O\\'Brien "the" \\'); DROP TABLE segment_members; --'`)
   const chAdd = r('clickhouse', 'add')
-  assert.match(chAdd, /^INSERT INTO segment_members \(segment_id, member_id\) VALUES\n/m)
+  assert.match(chAdd, /^INSERT INTO segment_members \(segment_id, member_id, version, deleted\) VALUES\n/m)
   assert.equal(count(chAdd, '),\n'), 2)
-  assert.match(read('clickhouse', 'schema'), /ENGINE = ReplacingMergeTree\(updated\)\nORDER BY \(segment_id, member_id\);/)
-  assert.match(r('clickhouse', 'segment_upsert'), /^INSERT INTO segments \(segment_id, name\) VALUES \('/m)
+  assert.equal(count(chAdd, ', 7, 0)'), 3, 'each row has the batch version, not deleted')
+  assert.equal(count(r('clickhouse', 'remove'), ', 7, 1)'), 3, 'each tombstone has the batch version')
+  assert.match(
+    r('clickhouse', 'clear'),
+    /SELECT segment_id, member_id, 7, 1 FROM segment_members FINAL\nWHERE segment_id = '[^']+' AND deleted = 0 AND version < 7/,
+  )
+  assert.match(read('clickhouse', 'schema'), /ENGINE = ReplacingMergeTree\(version\)\nORDER BY \(segment_id, member_id\);/)
+  assert.match(r('clickhouse', 'segment_upsert'), /^INSERT INTO segments \(segment_id, name, version, deleted\) VALUES \('[^\n]+', 7, 0\)/m)
 })
 
 // ---------------------------------------------------------------------------------------------

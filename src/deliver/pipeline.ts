@@ -77,7 +77,7 @@ export async function deliverRun(
   const nextGroup = (): Rendered[] => {
     const group: Rendered[] = []
     let bytes = 0
-    const maxBytes = Math.min(TRANSACTION_MAX_BYTES, sink.maxStatementBytes)
+    const maxBytes = Math.min(TRANSACTION_MAX_BYTES, sink.maxApplyBytes ?? sink.maxStatementBytes)
     while (ready.length > 0 && group.length < perTransaction && (group.length === 0 || bytes + ready[0]!.bytes <= maxBytes)) {
       bytes += ready[0]!.bytes
       group.push(ready.shift()!)
@@ -91,6 +91,13 @@ export async function deliverRun(
           const rendered = renderNext()
           if (!rendered) break
           ready.push(rendered)
+          // Where every apply costs a write of its own (sink.groupsBatches), a run's first group is
+          // rendered whole before it goes, instead of its first batch alone.
+          while (sink.groupsBatches && lanes === 1 && ready.length < perTransaction && !shouldStop()) {
+            const more = renderNext()
+            if (!more) break
+            ready.push(more)
+          }
         }
         const group = nextGroup()
         const statements = group.flatMap((g) => (g.statement === null ? [] : [g.statement]))

@@ -2,7 +2,7 @@
 import type pg from 'pg'
 import { compact, planFlush, toBatches, type Batch, type FlushPlan, type PendingEvent } from '../batch.js'
 import { loadMemberRows, loadSegments, readPending, type MemberRows, type SegmentInfo, type SubscriptionRow } from '../read.js'
-import type { Checkpoint } from '../sinks/index.js'
+import { compactsWindows, type Checkpoint } from '../sinks/index.js'
 
 // A read ahead takes ~100 ms for 10,000 members; one that takes this long is given up on.
 const READ_AHEAD_TIMEOUT_MS = 30_000
@@ -21,12 +21,14 @@ export interface Window {
 }
 
 /** What a read-ahead's events, window size and batches depend on besides its start. */
-export const scopeOf = (sub: SubscriptionRow) => `${sub.segment_ids.join()}/${sub.batch_size}/${sub.update_sql === null}`
+export const scopeOf = (sub: SubscriptionRow) =>
+  `${sub.segment_ids.join()}/${sub.batch_size}/${sub.update_sql === null}/${compactsWindows(sub.consumer)}`
 
 /** What of a window goes now, cut into batches. */
 export function planWindow(sub: SubscriptionRow, pending: PendingEvent[], window: number): { plan: FlushPlan; batches: Batch[] } {
   const plan = planFlush(pending, sub.batch_size, sub.batch_timeout_ms, pending.length === window)
-  return { plan, batches: toBatches(plan.flush, compact(plan.flush), sub.batch_size, sub.update_sql === null) }
+  const survivors = compactsWindows(sub.consumer) ? compact(plan.flush) : plan.flush
+  return { plan, batches: toBatches(plan.flush, survivors, sub.batch_size, sub.update_sql === null) }
 }
 
 /**

@@ -2,7 +2,7 @@
 // subscription's compiled templates and the rendering of one batch.
 import type pg from 'pg'
 import type { Logger } from 'pino'
-import { MEMBER_EVENTS, type Batch } from '../batch.js'
+import { batchVersion, MEMBER_EVENTS, type Batch } from '../batch.js'
 import { compileTemplate, type CompiledTemplate, type Dialect } from '../render/index.js'
 import { columnsFor, membersOf, type MemberRows, type SegmentInfo, type SubscriptionRow } from '../read.js'
 import type { Sink } from '../sinks/index.js'
@@ -79,5 +79,11 @@ export function renderBatch({ ctx, sink, sub, segments, members }: Round, batch:
   const template = batch.events.length > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
   if (!template || !segment) return null
   const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.events, members) : []
-  return template.render({ segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch: rows })
+  return template.render({
+    segment_id: segment.segment_id,
+    segment_name: segment.name,
+    audience: sub.audience,
+    version: batchVersion(batch),
+    batch: rows,
+  })
 }

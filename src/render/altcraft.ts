@@ -1,5 +1,5 @@
 // Compiler for the Altcraft template syntax, accepted verbatim from their documentation:
-//   {segment_id} {segment_name} {audience}
+//   {segment_id} {segment_name} {audience} {version}
 //   {for $index, $lead = $batch} … {$lead.Field} … {$index} … {autocomma} … {end}
 //   {batch_in "Field"}
 // A "{" followed by "$" or a letter and closed by "}" on the same line is a tag; any other
@@ -15,7 +15,7 @@ import { analyze, endsWord, type Piece } from './lexer.js'
 import { fieldValue, renderSlot, SqlFragment, templateError, type Dialect, type RenderContext, type SlotContext } from './literals.js'
 
 type Tag =
-  | { t: 'var'; name: 'segment_id' | 'segment_name' | 'audience' }
+  | { t: 'var'; name: 'segment_id' | 'segment_name' | 'audience' | 'version' }
   | { t: 'field'; v: string; field: string }
   | { t: 'index'; v: string }
   | { t: 'for'; index?: string; lead: string }
@@ -38,13 +38,13 @@ const SPACED: SlotContext = { kind: 'bare', space: true }
 const GLUED: SlotContext = { kind: 'bare', space: false }
 
 const KNOWN =
-  '{segment_id}, {segment_name}, {audience}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}'
+  '{segment_id}, {segment_name}, {audience}, {version}, {for $index, $lead = $batch}, {$lead.Field}, {$index}, {autocomma}, {end}, {batch_in "Field"}'
 const TAG = /\{([$A-Za-z][^{}\n]*)\}/g
 
 function parseTag(body: string): Tag | undefined {
   const b = body.trim()
   let m: RegExpMatchArray | null
-  if (b === 'segment_id' || b === 'segment_name' || b === 'audience') return { t: 'var', name: b }
+  if (b === 'segment_id' || b === 'segment_name' || b === 'audience' || b === 'version') return { t: 'var', name: b }
   if (b === 'end') return { t: 'end' }
   if (b === 'autocomma') return { t: 'autocomma' }
   if ((m = /^for\s+(?:\$(\w+)\s*,\s*)?\$(\w+)\s*=\s*\$batch$/.exec(b))) return { t: 'for', index: m[1], lead: m[2]! }

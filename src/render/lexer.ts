@@ -16,6 +16,10 @@ export type Piece =
 export interface Analysis {
   contexts: SlotContext[] // one per slot, in order
   texts: string[] // per piece: the text with quotes around whole-literal slots removed
+  /** Statement ends: each `;` in plain SQL (source offset), and whether SQL other than comments precedes it. */
+  ends: Array<{ at: number; code: boolean }>
+  /** Whether SQL other than comments follows the last `;`. */
+  tail: boolean
 }
 
 type Quoted = {
@@ -97,6 +101,8 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
   const tails: JoinMode[] = []
   const heads: Array<{ at: number; risky: boolean }> = []
   let headPending = false
+  const ends: Analysis['ends'] = []
+  let code = false // the statement so far has more than whitespace and comments
   const joined = (at: number): never =>
     fail(
       at,
@@ -161,6 +167,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
     if (pc.kind === 'slot') {
       const n = slotAt.push(pc.at) - 1
       if (st.m === 'code') {
+        code = true
         const prev = pieces[p - 1]
         contexts[n] = { kind: 'bare', space: prev?.kind === 'text' && WORD_END.test(prev.text) }
         if (pg) {
@@ -208,6 +215,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
             } else ((join = null), (headPending = false))
           }
           if (c === "'" || (c === '"' && (dialect === 'mysql' || dialect === 'bigquery'))) {
+            code = true
             let b = i
             while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--
             if (b === i && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '') && !WORD_CHAR.test(s[i - 3] ?? '')) b = i - 2
@@ -252,6 +260,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
           ) {
             const close = c === '[' ? ']' : c
             const bs = dialect === 'clickhouse' || (dialect === 'bigquery' && c === '`')
+            code = true
             let b = i
             while (b > 0 && WORD_CHAR.test(s[b - 1]!)) b--
             if (dialect === 'postgres' && c === '"' && s[i - 1] === '&' && /u/i.test(s[i - 2] ?? '')) b = i - 2
@@ -271,7 +280,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
           } else if (c === '-' && next === '-') {
             // MySQL needs whitespace after "--"; at the end of the text we cannot see what
             // follows, so assume a comment: any placeholder then is refused, never mis-escaped.
-            if (dialect === 'mysql' && i + 2 < s.length && !/[\x00-\x20]/.test(s[i + 2]!)) i += 2
+            if (dialect === 'mysql' && i + 2 < s.length && !/[\x00-\x20]/.test(s[i + 2]!)) ((code = true), (i += 2))
             else ((st = { m: 'line', at }), (i += 2))
           } else if (c === '#' && (dialect === 'mysql' || dialect === 'bigquery' || dialect === 'clickhouse')) {
             // ClickHouse only treats "# " and "#!" as comments, but any other "#" is a
@@ -291,6 +300,7 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
             // later, values included; refusing "$" is simpler than predicting that.
             if (dialect === 'clickhouse')
               fail(at, 'a "$" heredoc or parameter is not supported in ClickHouse templates', 'use a quoted string instead')
+            code = true
             DOLLAR_TAG.lastIndex = i
             const m = DOLLAR_TAG.exec(s)
             if (m) ((st = { m: 'dollar', tag: m[0], at }), (i += m[0].length))
@@ -299,6 +309,10 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
             // Postgres identifiers: a letter, "_" or any non-ASCII character starts or continues
             // one; digits and "$" continue one.
             ident = IDENT_START.test(c) || c.charCodeAt(0) >= 0x80 ? true : c === '$' || (c >= '0' && c <= '9') ? ident : false
+            if (c === ';') {
+              ends.push({ at, code })
+              code = false
+            } else if (c > ' ') code = true
             i++
             continue
           }
@@ -392,5 +406,21 @@ export function analyze(pieces: Piece[], dialect: Dialect, source: string): Anal
     for (const [a, b, r] of edits[i]!.sort((x, y) => y[0] - x[0])) t = t.slice(0, a) + r + t.slice(b)
     return t
   })
-  return { contexts, texts }
+  return { contexts, texts, ends, tail: code }
+}
+
+/**
+ * A script's statements, split where the dialect's lexer sees a `;` in plain SQL (not in a
+ * literal, a quoted identifier or a comment), without those that are only whitespace and comments.
+ * For targets that take one statement per request (ClickHouse).
+ */
+export function splitStatements(sql: string, dialect: Dialect): string[] {
+  const { ends, tail } = analyze([{ kind: 'text', text: sql, at: 0 }], dialect, sql)
+  const out: string[] = []
+  let from = 0
+  for (const end of [...ends, { at: sql.length, code: tail }]) {
+    if (end.code) out.push(sql.slice(from, end.at).trim())
+    from = end.at + 1
+  }
+  return out
 }

@@ -22,6 +22,13 @@ export interface RenderContext {
   segment_id: string
   segment_name: string
   audience: string | null
+  /**
+   * The batch's version: an integer that grows from batch to batch of a subscription in delivery
+   * order and is the same when a batch is delivered again (batchVersion in batch.ts), for targets
+   * that converge through versioned rows (ClickHouse's ReplacingMergeTree). Delivery always sets
+   * it; left out (a preview), it renders as NULL.
+   */
+  version?: bigint
   /** One object per member, keyed by the segment table's column names. */
   batch: Array<Record<string, unknown>>
 }

@@ -1,6 +1,6 @@
 // Squirrelly 8 templates whose every interpolation is written as an SQL literal.
 //
-// Data: it = { segment_id, segment_name, audience, batch }. Batch members resolve properties
+// Data: it = { segment_id, segment_name, audience, version (a BigInt), batch }. Batch members resolve properties
 // like altcraft fields: exact column name first, then a unique case-insensitive match, and
 // a column that does not exist is a render error rather than a silent NULL.
 //
@@ -364,7 +364,13 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
   return {
     fields: [...fields],
     render(ctx) {
-      const it = { segment_id: ctx.segment_id, segment_name: ctx.segment_name, audience: ctx.audience, batch: ctx.batch.map(leadView) }
+      const it = {
+        segment_id: ctx.segment_id,
+        segment_name: ctx.segment_name,
+        audience: ctx.audience,
+        version: ctx.version,
+        batch: ctx.batch.map(leadView),
+      }
       try {
         return fn(it, config)
       } catch (e) {

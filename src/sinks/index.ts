@@ -1,8 +1,30 @@
 import { SegmenterError } from '../errors.js'
 import type { Dialect } from '../render/index.js'
+import { openClickhouseSink } from './clickhouse.js'
 import { openMysqlSink } from './mysql.js'
 import { openPostgresSink } from './postgres.js'
 import type { Sink } from './sink.js'
+
+type Open = (url: string, dialect: Dialect, home: string, options: { checkpointTable?: string; lanes?: number }) => Promise<Sink>
+
+/**
+ * The consumer kinds. `transactional`: a batch's statements and its checkpoint commit together, so
+ * nothing of a batch the target did not confirm is there. ClickHouse has no such transactions: a
+ * batch may have been applied without its checkpoint and is then delivered again (with the same
+ * version), so its windows are not compacted (compactsWindows).
+ */
+const KINDS: Record<string, { open: Open; transactional: boolean }> = {
+  mysql: { open: openMysqlSink, transactional: true },
+  postgres: { open: openPostgresSink, transactional: true },
+  clickhouse: { open: openClickhouseSink, transactional: false },
+}
+
+/**
+ * Whether a window's add+remove pairs may cancel out (batch.ts compact). Not for a target that may
+ * already hold an add from an attempt whose checkpoint it never confirmed: the replay, read as a
+ * longer window, could cancel that add against a later remove and leave the target's row behind.
+ */
+export const compactsWindows = (consumer: Pick<ConsumerRow, 'kind'>): boolean => KINDS[consumer.kind]?.transactional ?? true
 
 export type { Checkpoint, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
 export { compareCheckpoints, DEFAULT_LANES, FencedError, isFenced, isLockConflict, isTransient } from './sink.js'
@@ -32,18 +54,18 @@ export async function openSink(consumer: ConsumerRow, home: string, env: NodeJS.
   if (!url) {
     // Not an outage: retrying cannot help until the sidecar's environment has it.
     throw new SegmenterError('CONFIG_INVALID', `consumer ${consumer.name}: environment variable ${consumer.dsn_env} is not set`, {
-      hint: `export ${consumer.dsn_env}=mysql://user:password@host:3306/db (or postgres://...) in the sidecar's environment and restart it, or point the consumer at another variable with segmenter.create_consumer`,
+      hint: `export ${consumer.dsn_env}=mysql://user:password@host:3306/db (or postgres://..., http://user:password@host:8123/db for ClickHouse) in the sidecar's environment and restart it, or point the consumer at another variable with segmenter.create_consumer`,
     })
   }
   const options = {
     checkpointTable: consumer.options.checkpoint_table as string | undefined,
     lanes: consumer.options.lanes as number | undefined, // the sink's default when absent
   }
+  const kind = KINDS[consumer.kind]
+  if (!kind) throw new SegmenterError('CONFIG_INVALID', `consumer ${consumer.name}: unknown kind ${consumer.kind}`)
   try {
-    if (consumer.kind === 'mysql') return await openMysqlSink(url, consumer.dialect, home, options)
-    if (consumer.kind === 'postgres') return await openPostgresSink(url, consumer.dialect, home, options)
+    return await kind.open(url, consumer.dialect, home, options)
   } catch (err) {
     throw new SegmenterError('SINK_UNREACHABLE', `consumer ${consumer.name}: cannot connect: ${(err as Error).message}`, { cause: err })
   }
-  throw new SegmenterError('CONFIG_INVALID', `consumer ${consumer.name}: unknown kind ${consumer.kind}`)
 }

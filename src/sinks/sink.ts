@@ -50,6 +50,17 @@ export interface Sink {
   readonly dialect: Dialect
   /** Largest statement text the target accepts (MySQL: its max_allowed_packet, less headroom). */
   readonly maxStatementBytes: number
+  /**
+   * Largest sum of statements one apply() may take, when it is not maxStatementBytes (the SQL sinks
+   * send them as one script; ClickHouse sends one request per statement).
+   */
+  readonly maxApplyBytes?: number
+  /**
+   * Whether each apply() costs the target a write of its own besides the statements (ClickHouse:
+   * the checkpoint row is an INSERT, a part): the pipeline then sends a run's first batches as one
+   * group rather than its first batch at once.
+   */
+  readonly groupsBatches?: boolean
   /** How many transactions may be open at once (the consumer's `lanes` option). */
   readonly lanes: number
   /**
@@ -269,8 +280,10 @@ function body(statements: string[]): string[] {
  * Anything else is the target rejecting the statement: the batch is split to isolate the row.
  */
 export function isTransient(err: unknown): boolean {
-  const e = err as { code?: string; errno?: number; fatal?: boolean }
+  const e = err as { code?: string; errno?: number; fatal?: boolean; clickhouseCode?: number }
   if (e?.fatal) return true
+  // ClickHouse (clickhouse.ts ClickhouseError): the server's overload and availability codes.
+  if (typeof e?.clickhouseCode === 'number') return CLICKHOUSE_TRANSIENT.has(e.clickhouseCode)
   const code = e?.code ?? ''
   if (/^(ECONN|EPIPE|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN|PROTOCOL_|ER_CON_COUNT|ER_SERVER_SHUTDOWN)/.test(code)) return true
   // MySQL: lock wait timeout, deadlock, too many connections, server gone / lost; read-only
@@ -280,10 +293,20 @@ export function isTransient(err: unknown): boolean {
   // Postgres: connection exceptions, read-only transaction (a standby, default_transaction_read_only),
   // serialization / deadlock, insufficient resources, lock not available, query canceled, admin shutdown.
   if (/^(08|25006|40|53|55P03|57014|57P)/.test(code)) return true
-  return /Connection terminated|connection is closed|not queryable|Cannot enqueue|socket hang up/i.test(String((err as Error)?.message))
+  return /Connection terminated|connection is closed|not queryable|Cannot enqueue|socket hang up|^Timeout error/i.test(
+    String((err as Error)?.message),
+  )
 }
 
 const MYSQL_TRANSIENT: ReadonlySet<number> = new Set([1205, 1213, 1040, 1053, 2002, 2003, 2006, 2013, 1927, 1290, 1792, 1836, 1223])
+
+// TIMEOUT_EXCEEDED, READONLY, QUOTA_EXCEEDED, TOO_MANY_SIMULTANEOUS_QUERIES, NO_FREE_CONNECTION,
+// SOCKET_TIMEOUT, NETWORK_ERROR, ABORTED, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY,
+// NOT_ENOUGH_SPACE, TOO_MANY_PARTS, TOO_FEW_LIVE_REPLICAS, UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE,
+// UNKNOWN_STATUS_OF_INSERT, QUERY_WAS_CANCELLED, SYSTEM_ERROR, CANNOT_SCHEDULE_TASK, KEEPER_EXCEPTION.
+const CLICKHOUSE_TRANSIENT: ReadonlySet<number> = new Set([
+  159, 164, 201, 202, 203, 209, 210, 236, 241, 242, 243, 252, 285, 286, 319, 394, 425, 439, 999,
+])
 
 /** Two open transactions wanted the same rows (lock wait timeout or deadlock, either server). */
 export function isLockConflict(err: unknown): boolean {

@@ -1,5 +1,5 @@
--- segment_members (segment_id, member_id, updated) ReplacingMergeTree(updated) ORDER BY (segment_id, member_id): insert the batch; updated defaults to now64(3)
-INSERT INTO segment_members (segment_id, member_id) VALUES
+-- segment_members (segment_id, member_id, version, deleted) ReplacingMergeTree(version): the batch's members as rows of its version
+INSERT INTO segment_members (segment_id, member_id, version, deleted) VALUES
 {for $index, $lead = $batch}
-  ({segment_id}, {$lead.id}){autocomma}
+  ({segment_id}, {$lead.id}, {version}, 0){autocomma}
 {end}

@@ -1,2 +1,5 @@
--- segment_members (segment_id, member_id, updated): delete the batch's members (lightweight DELETE, ClickHouse 23.3+)
-DELETE FROM segment_members WHERE segment_id = {segment_id} AND member_id IN ({batch_in "id"})
+-- segment_members (segment_id, member_id, version, deleted): a tombstone (deleted = 1) of the batch's version per member
+INSERT INTO segment_members (segment_id, member_id, version, deleted) VALUES
+{for $index, $lead = $batch}
+  ({segment_id}, {$lead.id}, {version}, 1){autocomma}
+{end}

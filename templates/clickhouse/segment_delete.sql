@@ -1,2 +1,2 @@
--- segments (segment_id, name, updated): forget the segment (its members go with clear; lightweight DELETE)
-DELETE FROM segments WHERE segment_id = {segment_id}
+-- segments (segment_id, name, version, deleted): a tombstone for the segment (its members go with clear)
+INSERT INTO segments (segment_id, name, version, deleted) VALUES ({segment_id}, {segment_name}, {version}, 1)

@@ -1,2 +1,2 @@
--- segments (segment_id, name, updated) ReplacingMergeTree(updated) ORDER BY segment_id: the newest name wins; updated defaults to now64(3)
-INSERT INTO segments (segment_id, name) VALUES ({segment_id}, {segment_name})
+-- segments (segment_id, name, version, deleted) ReplacingMergeTree(version): the segment's name as of this version
+INSERT INTO segments (segment_id, name, version, deleted) VALUES ({segment_id}, {segment_name}, {version}, 0)

@@ -2,11 +2,15 @@
 // servers for tests that need to stop/restart a server. Always close() what you
 // get (e.g. `t.after(() => db.close())`): open mysql2 pools keep the process alive.
 import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import pg from 'pg'
 import mysql from 'mysql2/promise'
-import { startMariadb, startPostgres, type MariaServer, type PgServer } from './servers.js'
+import { ClickHouseLogLevel, createClient, type ClickHouseClient } from '@clickhouse/client'
+import { startClickhouse, startMariadb, startPostgres, type ClickhouseServer, type MariaServer, type PgServer } from './servers.js'
 
-export type { MariaServer, PgServer } from './servers.js'
+export type { ClickhouseServer, MariaServer, PgServer } from './servers.js'
 
 export interface FreshPg {
   url: string
@@ -160,4 +164,92 @@ export function freshMariadbServer(): Promise<MariaServer> {
 /** A private Postgres server (no segmenter_template: migrate it yourself); destroy() it when done. */
 export function freshPgServer(): Promise<PgServer> {
   return startPostgres()
+}
+
+/** The shared ClickHouse server (http://default@127.0.0.1:PORT/default). */
+export function clickhouse(): { url: string; port: number } {
+  const url = env('SEGMENTER_TEST_CLICKHOUSE_URL')
+  return { url, port: Number(new URL(url).port) }
+}
+
+export interface FreshClickhouse {
+  url: string
+  database: string
+  client: ClickHouseClient
+  /** Rows of a SELECT (JSONEachRow; 64-bit integers as 18.16 writes them: strings). */
+  query<T = any>(sql: string): Promise<T[]>
+  exec(sql: string): Promise<void>
+  /** Drops the database and closes the client. */
+  close(): Promise<void>
+}
+
+/** A client for `url`, quiet: tests assert on errors themselves. */
+export const clickhouseClient = (url: string): ClickHouseClient => createClient({ url, log: { level: ClickHouseLogLevel.OFF } })
+
+/** Wrap a client (an HTTP one, or chDB through the connection hook) as a FreshClickhouse. */
+export function clickhouseOn(client: ClickHouseClient, url: string, database: string, close: () => Promise<void>): FreshClickhouse {
+  return {
+    url,
+    database,
+    client,
+    async query(sql) {
+      return (await client.query({ query: sql, format: 'JSONEachRow' })).json()
+    },
+    async exec(sql) {
+      await client.command({ query: sql })
+    },
+    close,
+  }
+}
+
+/** A new database on the shared ClickHouse server, `server` or a private one. */
+export async function freshClickhouse(serverUrl = clickhouse().url): Promise<FreshClickhouse> {
+  const database = uniqueName()
+  const admin = clickhouseClient(serverUrl)
+  await admin.command({ query: `CREATE DATABASE ${database}` })
+  const u = new URL(serverUrl)
+  u.pathname = `/${database}`
+  const url = u.toString()
+  const client = clickhouseClient(url)
+  let closed = false
+  return clickhouseOn(client, url, database, async () => {
+    if (closed) return
+    closed = true
+    await client.close()
+    await admin.command({ query: `DROP DATABASE IF EXISTS ${database}` }).catch(() => {})
+    await admin.close()
+  })
+}
+
+/** A private ClickHouse server the test may stop()/start() at will; destroy() it when done. */
+export function freshClickhouseServer(): Promise<ClickhouseServer> {
+  return startClickhouse()
+}
+
+// chDB keeps one data directory per process: every test of a file shares it, each in a database of its own.
+let chdbDir: string | undefined
+
+/**
+ * A new database in this process's chDB session (ClickHouse 26.7 embedded, through
+ * @clickhouse/client's connection hook), and the sink URL for it (`chdb:DIR?database=NAME`).
+ */
+export async function freshChdb(): Promise<FreshClickhouse> {
+  if (!chdbDir) {
+    const dir = (chdbDir = mkdtempSync(join(tmpdir(), 'segmenter-chdb-')))
+    process.on('exit', () => rmSync(dir, { recursive: true, force: true }))
+  }
+  const { createChdbConnection } = await import('chdb/connection')
+  // chdb types the hook with @clickhouse/client-common's copy of the client's types.
+  const connection = createChdbConnection({ path: chdbDir }) as unknown as NonNullable<Parameters<typeof createClient>[0]>['connection']
+  const client = createClient({ connection, log: { level: ClickHouseLogLevel.OFF } })
+  const database = uniqueName()
+  await client.command({ query: `CREATE DATABASE ${database}` })
+  await client.command({ query: `USE ${database}` })
+  let closed = false
+  return clickhouseOn(client, `chdb:${chdbDir}?database=${database}`, database, async () => {
+    if (closed) return
+    closed = true
+    await client.command({ query: `DROP DATABASE IF EXISTS ${database}` }).catch(() => {})
+    await client.close()
+  })
 }

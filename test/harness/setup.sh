@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the servers and the browser the tests start (PostgreSQL 15, MariaDB, Chromium) from
+# Installs the servers and the browser the tests start (PostgreSQL 15, MariaDB, ClickHouse, Chromium) from
 # Debian packages when they are missing. `make test` runs this first and .ci/run calls it too, so
 # a fresh Debian 12 machine needs nothing but Node. As root it runs apt-get; otherwise it stops
 # at once with the exact command to run. Nothing is started here: the tests run their own servers
@@ -9,6 +9,7 @@ set -euo pipefail
 need=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || command -v initdb >/dev/null || need+=(postgresql-15)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || need+=(clickhouse-server clickhouse-client)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -18,7 +19,7 @@ if [[ " ${need[*]} " == *" postgresql-15 "* ]] && ! apt-cache show postgresql-15
 fi
 line="apt-get update && apt-get install -y --no-install-recommends ${need[*]}"
 if [ "$(id -u)" -ne 0 ]; then
-  echo "test/harness/setup.sh: the tests need ${need[*]}, which are not installed. Run as root:" >&2
+  echo "test/harness/setup.sh: the tests need packages this machine lacks (${need[*]}). As root, run:" >&2
   echo "  $line" >&2
   echo "(package scripts may start system servers; the tests do not use them and they can be stopped)" >&2
   exit 1
@@ -33,4 +34,4 @@ if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy; chmod +x $pol
 trap '[ -n "$added" ] && rm -f $policy' EXIT
 apt-get update
 apt-get install -y --no-install-recommends "${need[@]}"
-for svc in postgresql mariadb; do service "$svc" stop >/dev/null 2>&1 || true; done
+for svc in postgresql mariadb clickhouse-server; do service "$svc" stop >/dev/null 2>&1 || true; done
