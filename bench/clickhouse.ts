@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url'
 import { ClickHouseLogLevel, createClient } from '@clickhouse/client'
 import { statementsOf } from '../src/sinks/clickhouse.js'
 import { startClickhouse } from '../test/harness/servers.js'
-import { benchDatabase, cpuByKind, cpuSince, median, procStatusMb, round } from './common.js'
+import { benchDatabase, cpuByKind, cpuSince, drained as drainedIn, median, procStatusMb, round } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
@@ -107,16 +107,7 @@ async function dropLastSegment() {
   lastSegment = null
 }
 
-/** Wait until the subscription has nothing pending (its cursor moves only after the target's checkpoint). */
-async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const { rows } = await q(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
-    if (Number(rows[0].pending_changes) === 0) return
-    if (Date.now() > end) throw new Error('delivery did not finish')
-    await sleep(100)
-  }
-}
+const drained = (subscriptionId: string) => drainedIn(home.pool, subscriptionId)
 
 /** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
 async function pipelineRound(r: number) {

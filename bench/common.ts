@@ -163,3 +163,31 @@ export function cpuSince(before: ReturnType<typeof cpuByKind>): Record<string, n
   const now = cpuByKind()
   return Object.fromEntries(Object.entries(now).map(([k, v]) => [k, Math.round(v - before[k as keyof typeof before])]))
 }
+
+/**
+ * Wait until the subscription has nothing pending (its home cursor moves only after the target's
+ * checkpoint); `alive`, if given, is checked on the way (a sidecar that died fails the wait at once).
+ */
+export async function drained(pool: pg.Pool, subscriptionId: string, alive?: () => string | null, timeoutMs = 1_800_000): Promise<void> {
+  const end = Date.now() + timeoutMs
+  for (;;) {
+    const { rows } = await pool.query(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
+    if (Number(rows[0].pending_changes) === 0) return
+    const dead = alive?.()
+    if (dead) throw new Error(dead)
+    if (Date.now() > end) throw new Error('delivery did not finish')
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+/** The MariaDB baseline: members 1..n into `table`, `batch` rows per INSERT, one transaction each; ms. */
+export async function rawMysqlInsert(conn: mysql.Connection, table: string, n: number, batch: number): Promise<number> {
+  const start = performance.now()
+  for (let first = 1; first <= n; first += batch) {
+    const values: string[] = []
+    for (let g = first; g < first + batch && g <= n; g++)
+      values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
+    await conn.query(`start transaction; INSERT INTO ${table} (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`)
+  }
+  return performance.now() - start
+}

@@ -20,7 +20,19 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { availableParallelism } from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { benchDatabase, benchMysql, cpuByKind, cpuSince, median, mysqlDatabase, percentile, procStatusMb, round } from './common.js'
+import {
+  benchDatabase,
+  benchMysql,
+  cpuByKind,
+  cpuSince,
+  drained as drainedIn,
+  median,
+  mysqlDatabase,
+  percentile,
+  procStatusMb,
+  rawMysqlInsert,
+  round,
+} from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
@@ -60,16 +72,7 @@ async function subscribe(name: string, seg: string, table: string, batchSize: nu
   )
   return (await q(`select subscription_id from segmenter.subscriptions where name = $1`, [name])).rows[0].subscription_id
 }
-/** Wait until the subscription has nothing pending (its cursor moves only after the target commits). */
-async function drained(subscriptionId: string, timeoutMs = 1_800_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  for (;;) {
-    const { rows } = await q(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
-    if (Number(rows[0].pending_changes) === 0) return
-    if (Date.now() > end) throw new Error('delivery did not finish')
-    await sleep(100)
-  }
-}
+const drained = (subscriptionId: string) => drainedIn(home.pool, subscriptionId)
 /** The consumer with `lanes` open target transactions per subscription (read when a subscription starts). */
 const consumer = (lanes: number) =>
   q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL', $1::jsonb)`, [JSON.stringify({ lanes })])
@@ -93,16 +96,7 @@ const sidecar = startRun()
 async function rawRound() {
   await targetTable('raw_members')
   const cpu = cpuByKind()
-  const start = performance.now()
-  for (let first = 1; first <= members; first += batch) {
-    const values: string[] = []
-    for (let g = first; g < first + batch && g <= members; g++)
-      values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
-    await target.conn.query(
-      `start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`,
-    )
-  }
-  const ms = performance.now() - start
+  const ms = await rawMysqlInsert(target.conn, 'raw_members', members, batch)
   const cpuMs = cpuSince(cpu)
   // The pipeline's table starts where this one did, in a buffer pool that is not holding 1M other rows.
   await target.conn.query('drop table raw_members')

@@ -14,7 +14,19 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { benchDatabase, benchMysql, cpuByKind, cpuSince, mysqlDatabase, postmasterPid, procStatusMb, round, serverCpuMs } from './common.js'
+import {
+  benchDatabase,
+  benchMysql,
+  cpuByKind,
+  cpuSince,
+  drained,
+  mysqlDatabase,
+  postmasterPid,
+  procStatusMb,
+  rawMysqlInsert,
+  round,
+  serverCpuMs,
+} from './common.js'
 
 const sizes = (process.argv[2] ?? '1000000,5000000,10000000').split(',').map(Number)
 const batch = Number(process.argv[3] ?? 1000)
@@ -50,16 +62,13 @@ async function subscribe(name: string, segment: string, table: string): Promise<
   return (await q(`select subscription_id from segmenter.subscriptions where name = $1`, [name])).rows[0].subscription_id
 }
 
-/** Wait until nothing is pending for the subscription, sampling the sidecar's RSS on the way. */
-async function drained(subscriptionId: string, child: ChildProcess): Promise<void> {
-  for (;;) {
-    const { rows } = await q(`select pending_changes from segmenter.status where subscription_id = $1`, [subscriptionId])
-    if (Number(rows[0].pending_changes) === 0) return
-    if (child.exitCode !== null || child.signalCode !== null)
-      throw new Error(`the sidecar exited (${child.exitCode ?? child.signalCode}) before the drain finished`)
-    await sleep(100)
-  }
-}
+/** Wait for the drain; a sidecar that died on the way fails it. */
+const drainedBy = (subscriptionId: string, child: ChildProcess) =>
+  drained(home.pool, subscriptionId, () =>
+    child.exitCode !== null || child.signalCode !== null
+      ? `the sidecar exited (${child.exitCode ?? child.signalCode}) before the drain finished`
+      : null,
+  )
 
 const startSidecar = () =>
   spawn(
@@ -93,16 +102,7 @@ const changeLogBytes = async () => Number((await q(`select pg_total_relation_siz
 
 async function raw(n: number) {
   await targetTable('raw_members')
-  const start = performance.now()
-  for (let first = 1; first <= n; first += batch) {
-    const values: string[] = []
-    for (let g = first; g < first + batch && g <= n; g++)
-      values.push(`('00000000-0000-0000-0000-000000000000', 'member-${g}', '${g.toString(16).padStart(32, '0')}', NOW(6))`)
-    await target.conn.query(
-      `start transaction; INSERT INTO raw_members (segId, clientId, email, updated) VALUES ${values.join(',')}; commit`,
-    )
-  }
-  const ms = performance.now() - start
+  const ms = await rawMysqlInsert(target.conn, 'raw_members', n, batch)
   await target.conn.query('drop table raw_members')
   return ms
 }
@@ -121,7 +121,7 @@ for (const n of sizes) {
   await targetTable('members')
   const drainSub = await subscribe(`drain_${n}`, table, 'members')
   let child = startSidecar()
-  await drained(drainSub, child)
+  await drainedBy(drainSub, child)
   await sleep(1000)
   const insertStart = performance.now()
   await q(
@@ -132,7 +132,7 @@ for (const n of sizes) {
   const cpu = cpuByKind()
   const [home0, maria0, sidecar0] = [homeCpuMs(), mariaCpuMs(), processCpuMs(child.pid!)]
   const drainStart = performance.now()
-  await drained(drainSub, child)
+  await drainedBy(drainSub, child)
   const drainMs = performance.now() - drainStart
   const steal = cpuSince(cpu).steal!
   const [drainHomeCpuMs, drainMariaCpuMs, drainSidecarCpuMs] = [
@@ -179,7 +179,7 @@ for (const n of sizes) {
   const idleMb = procStatusMb(child.pid!, 'VmRSS')
   const resyncStart = performance.now()
   const resyncSub = await subscribe(`resync_${n}`, table, 'members')
-  await drained(resyncSub, child)
+  await drainedBy(resyncSub, child)
   const resyncMs = performance.now() - resyncStart
   const resyncPeakMb = procStatusMb(child.pid!, 'VmHWM')
   await stopSidecar(child)
