@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the servers and the browser the tests start (PostgreSQL 15, MariaDB, ClickHouse, Chromium) from
-# Debian packages when they are missing. `make test` runs this first and .ci/run calls it too, so
+# Debian packages when they are missing. `make test` runs this first (CI too, through it), so
 # a fresh Debian 12 machine needs nothing but Node. As root it runs apt-get; otherwise it stops
 # at once with the exact command to run. Nothing is started here: the tests run their own servers
 # on free ports (test/harness/servers.ts).
