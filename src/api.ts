@@ -103,8 +103,6 @@ export interface RefreshCounts {
   error?: string
 }
 export const refresh = (db: Db, segment: string) => scalar<RefreshCounts>(db, 'refresh', { segment: [segment, 'text'] })
-/** @deprecated The twin of segmenter.refresh is `refresh`. */
-export const refreshSegment = refresh
 
 export const markLoaded = (db: Db, source: string) => scalar<void>(db, 'mark_loaded', { source: [source, 'regclass'] })
 export const readiness = async (db: Db, segment: string) =>

@@ -7,7 +7,7 @@ import { loadConfig } from './config.js'
 import { createPool, endPool, poolSizeFor } from './db.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { createLogger } from './logger.js'
-import { alterSubscription, refreshSegment, type SubscriptionChanges } from './api.js'
+import { alterSubscription, refresh, type SubscriptionChanges } from './api.js'
 import { assertInstalled, migrate } from './migrate.js'
 import { previewSubscription } from './preview.js'
 import { runDueRefreshes } from './refresh.js'
@@ -186,7 +186,7 @@ program
   .description('refresh an auto segment now, in one transaction (sources ready or not)')
   .option('--json', 'JSON output')
   .action(async (name: string, o: { json?: boolean }) => {
-    const counts = await withPool((p) => refreshSegment(p, name))
+    const counts = await withPool((p) => refresh(p, name))
     print(
       o.json
         ? counts
