@@ -63,4 +63,4 @@ bench-scale: install build ## the drain and a resync at 1M, 5M and 10M members (
 	node --import tsx bench/scale.ts $(SIZES)
 
 clean: ## remove build output and leftover test/bench artifacts
-	rm -rf dist .test-servers
+	rm -rf dist dist.next dist.old .test-servers

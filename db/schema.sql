@@ -346,6 +346,34 @@ end $_$;
 COMMENT ON FUNCTION segmenter._check_cron(expr text) IS 'Private. Validate a 5-field cron expression (or @daily etc.), raising SG009 with the bad field.';
 
 --
+-- Name: _check_env_option(text, jsonb, text); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._check_env_option(what text, v jsonb, example text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare s text;
+begin
+  if v is null or jsonb_typeof(v) <> 'string' then
+    perform segmenter._fail('SG012', format('options.%s: must be the name of an environment variable (a string), not %s', what, coalesce(jsonb_typeof(v), 'null')),
+      format('pass %s', example));
+  end if;
+  s := v #>> '{}';
+  if segmenter._looks_like_secret(s) or s !~ '^[A-Za-z_][A-Za-z0-9_]*$' then
+    perform segmenter._fail('SG012',
+      format('options.%s: %s is not the name of an environment variable%s', what, quote_literal(left(s, 4) || '…'),
+        case when segmenter._looks_like_secret(s) or s ~ '\s' then '; it looks like a secret value' else '' end),
+      format('put the value in an environment variable of the sidecar and name it here (letters, digits, _), e.g. %s; secrets never go into tables', example));
+  end if;
+end $_$;
+
+--
+-- Name: FUNCTION _check_env_option(what text, v jsonb, example text); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._check_env_option(what text, v jsonb, example text) IS 'Private. Refuse (SG012) a consumer option that should name an environment variable but does not, or holds what looks like a secret.';
+
+--
 -- Name: _check_member_fields(text, text[], uuid[]); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -501,7 +529,96 @@ end $_$;
 -- Name: FUNCTION _consumer_options_valid(options jsonb); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter._consumer_options_valid(options jsonb) IS 'Private. True for valid consumer options; refuses unknown or malformed ones (SG012) with a hint.';
+COMMENT ON FUNCTION segmenter._consumer_options_valid(options jsonb) IS 'Private. The options of an SQL consumer (lanes, checkpoint_table); see the (kind, options) form.';
+
+--
+-- Name: _consumer_options_valid(text, jsonb); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._consumer_options_valid(kind text, options jsonb) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+  k text; v jsonb; n numeric; seen text[] := '{}';
+  http_keys constant text[] := array['method', 'headers', 'signing_secret_env', 'timeout_ms', 'max_in_flight', 'rate_per_second', 'rate_per_minute'];
+  sql_keys constant text[] := array['lanes', 'checkpoint_table'];
+  -- Headers the sink writes itself: a configured one would clash with the body or the signature.
+  reserved constant text[] := array['content-type', 'content-length', 'host', 'transfer-encoding', 'connection',
+    'webhook-id', 'webhook-timestamp', 'webhook-signature', 'idempotency-key'];
+begin
+  if options is null or jsonb_typeof(options) <> 'object' then
+    perform segmenter._fail('SG012', 'options: must be a JSON object', 'pass options => ''{}''::jsonb');
+  end if;
+  if kind is distinct from 'http' then
+    for k in select jsonb_object_keys(options) loop
+      if k = any (http_keys) then
+        perform segmenter._fail('SG012', format('options: %L is an option of http consumers, not of a %s consumer', k, kind),
+          'known options here: lanes (1-16), checkpoint_table (a table name)');
+      end if;
+    end loop;
+    return segmenter._consumer_options_valid(options);
+  end if;
+
+  for k in select jsonb_object_keys(options) loop
+    if k <> all (http_keys) then
+      perform segmenter._fail('SG012', format('options: %L is not an option of an http consumer', k),
+        'known options: method, headers, signing_secret_env, timeout_ms, max_in_flight, rate_per_second, rate_per_minute'
+        || case when k = any (sql_keys) then format(' (%s is for SQL consumers)', k) else '' end);
+    end if;
+  end loop;
+  if options ? 'method' and (jsonb_typeof(options->'method') <> 'string' or options->>'method' not in ('GET', 'POST', 'PUT', 'PATCH', 'DELETE')) then
+    perform segmenter._fail('SG012', format('options.method: %s is not an HTTP method', options->'method'),
+      'pass one of "GET", "POST", "PUT", "PATCH", "DELETE" in capitals, e.g. options => ''{"method": "PUT"}''; the default is POST, and a template''s request line overrides it');
+  end if;
+  if options ? 'headers' then
+    if jsonb_typeof(options->'headers') <> 'object' then
+      perform segmenter._fail('SG012', 'options.headers: must be an object of header name => environment variable name',
+        'pass options => ''{"headers": {"Authorization": "CRM_AUTH_HEADER"}}''; the variable holds the whole header value');
+    end if;
+    for k, v in select * from jsonb_each(options->'headers') loop
+      if k !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' then
+        perform segmenter._fail('SG012', format('options.headers: %L is not an HTTP header name', k),
+          'use letters, digits and - (e.g. "X-Api-Key"); the value is the name of an environment variable');
+      end if;
+      if lower(k) = any (reserved) then
+        perform segmenter._fail('SG012', format('options.headers: %s is set by the sidecar', k),
+          'remove it: Content-Type is application/json, and the webhook-* signature headers and Idempotency-Key come from signing_secret_env and the batch id');
+      end if;
+      if lower(k) = any (seen) then
+        perform segmenter._fail('SG012', format('options.headers: %s is given twice (header names are case-insensitive)', k), 'keep one of them');
+      end if;
+      seen := seen || lower(k);
+      perform segmenter._check_env_option(format('headers.%s', k), v, format('options => ''{"headers": {"%s": "CRM_%s"}}''', k, upper(regexp_replace(k, '[^A-Za-z0-9]', '_', 'g'))));
+    end loop;
+  end if;
+  if options ? 'signing_secret_env' then
+    perform segmenter._check_env_option('signing_secret_env', options->'signing_secret_env', 'options => ''{"signing_secret_env": "CRM_WEBHOOK_SECRET"}'' (the variable holds whsec_…)');
+  end if;
+  if options ? 'timeout_ms' and (jsonb_typeof(options->'timeout_ms') <> 'number' or (options->>'timeout_ms') !~ '^\d+$'
+                                 or (options->>'timeout_ms')::numeric not between 1 and 2147483647) then
+    perform segmenter._fail('SG012', format('options.timeout_ms: %s is not a positive whole number of milliseconds', options->'timeout_ms'),
+      'pass options => ''{"timeout_ms": 30000}'' (the default): a request that takes longer is abandoned and retried');
+  end if;
+  if options ? 'max_in_flight' and (jsonb_typeof(options->'max_in_flight') <> 'number' or (options->>'max_in_flight') !~ '^\d+$'
+                                    or (options->>'max_in_flight')::numeric not between 1 and 64) then
+    perform segmenter._fail('SG012', format('options.max_in_flight: %s is not a whole number from 1 to 64', options->'max_in_flight'),
+      'pass options => ''{"max_in_flight": 4}''; 1 (the default) sends one request of a subscription at a time');
+  end if;
+  foreach k in array array['rate_per_second', 'rate_per_minute'] loop
+    continue when not options ? k;
+    if jsonb_typeof(options->k) <> 'number' or (options->>k)::numeric <= 0 then
+      perform segmenter._fail('SG012', format('options.%s: %s is not a positive number', k, options->k),
+        format('pass options => ''{"%s": %s}'', or leave it out for no limit', k, case when k = 'rate_per_second' then '10' else '600' end));
+    end if;
+  end loop;
+  return true;
+end $_$;
+
+--
+-- Name: FUNCTION _consumer_options_valid(kind text, options jsonb); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._consumer_options_valid(kind text, options jsonb) IS 'Private. True for valid options of a consumer of this kind; refuses unknown or malformed ones (SG012) with a hint.';
 
 --
 -- Name: _fail(text, text, text, text); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -521,6 +638,24 @@ end $$;
 COMMENT ON FUNCTION segmenter._fail(code text, message text, hint text, detail text) IS 'Private. Raise a coded error with a hint.';
 
 --
+-- Name: _forget_sending(bigint, bigint, integer); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._forget_sending(subscription_id bigint, from_pos bigint, from_ord integer) RETURNS void
+    LANGUAGE sql
+    AS $$
+  delete from segmenter.in_flight f
+  where f.subscription_id = _forget_sending.subscription_id
+    and (f.from_pos, f.from_ord) >= (_forget_sending.from_pos, _forget_sending.from_ord);
+$$;
+
+--
+-- Name: FUNCTION _forget_sending(subscription_id bigint, from_pos bigint, from_ord integer); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._forget_sending(subscription_id bigint, from_pos bigint, from_ord integer) IS 'Private. Sidecar: drop the recorded sends of a subscription from a checkpoint on (a replay the target rejected; delivery renders those events anew).';
+
+--
 -- Name: _id_type(regclass); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -529,6 +664,25 @@ CREATE FUNCTION segmenter._id_type(table_name regclass) RETURNS text
     AS $$
   select format_type(atttypid, atttypmod) from pg_attribute where attrelid = table_name and attname = 'id'
 $$;
+
+--
+-- Name: _in_flight_confirmed(); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._in_flight_confirmed() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+  delete from segmenter.in_flight f
+  where f.subscription_id = new.subscription_id and (f.to_pos, f.to_ord) <= (new.cursor_pos, new.cursor_ord);
+  return null;
+end $$;
+
+--
+-- Name: FUNCTION _in_flight_confirmed(); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._in_flight_confirmed() IS 'Private. Trigger: the home cursor passed these sends, so the target confirmed them.';
 
 --
 -- Name: changes; Type: TABLE; Schema: segmenter; Owner: -
@@ -653,6 +807,82 @@ $_$;
 COMMENT ON FUNCTION segmenter._js_trim(s text) IS 'Private. JavaScript''s String.prototype.trim.';
 
 --
+-- Name: _json_request_body(text, text, text); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._json_request_body(field text, source text, rendered text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+  m text[] := regexp_match(rendered, '^([A-Z]+) ([^\r\n]*)(\r?\n)');
+  target text; rest text; path text;
+  line text;
+begin
+  if m is null then return rendered; end if;
+  target := m[2];
+  line := format('the request line "%s"', m[1] || ' ' || target);
+  rest := substr(rendered, length(m[1]) + length(target) + length(m[3]) + 2);
+  if m[1] not in ('GET', 'POST', 'PUT', 'PATCH', 'DELETE') then
+    perform segmenter._fail('SG010', format('%s: %s starts with "%s", which is not an HTTP method', field, line, m[1]), 'use one of GET, POST, PUT, PATCH, DELETE');
+  end if;
+  if rest !~ '^\r?\n' then
+    perform segmenter._fail('SG010', format('%s: %s is not followed by an empty line', field, line), 'write the request line, then an empty line, then the JSON body');
+  end if;
+  if left(target, 1) not in ('/', '?') then
+    perform segmenter._fail('SG010', format('%s: %s does not start its path with "/" or "?"', field, line),
+      'the path is relative to the consumer''s URL, e.g. POST /lists/{audience}/members; an absolute URL is not allowed');
+  end if;
+  if left(target, 2) = '//' then
+    perform segmenter._fail('SG010', format('%s: %s starts with "//", which names another host', field, line), 'start the path with a single "/"');
+  end if;
+  if target !~ '^[A-Za-z0-9._~!$&''()*+,;=:@/?%-]*$' or target ~ '%($|[^0-9A-Fa-f]|.$|.[^0-9A-Fa-f])' then
+    perform segmenter._fail('SG010', format('%s: %s holds a character a request path cannot', field, line),
+      'percent-encode it in the template; values in the request line are encoded for you');
+  end if;
+  path := split_part(target, '?', 1);
+  if exists (select 1 from unnest(string_to_array(path, '/')) seg where seg ~* '^(\.|%2e){1,2}$') then
+    perform segmenter._fail('SG010', format('%s: %s has a "." or ".." path segment', field, line), 'write the path without dot segments; it is relative to the consumer''s URL');
+  end if;
+  return regexp_replace(rest, '^\r?\n', '');
+end $_$;
+
+--
+-- Name: FUNCTION _json_request_body(field text, source text, rendered text); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._json_request_body(field text, source text, rendered text) IS 'Private. Port of src/render/json.ts splitRequest: check a rendered request line (SG010) and return the body.';
+
+--
+-- Name: _json_sample_piece(text, text, text, boolean, integer); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._json_sample_piece(kind text, txt text, name text, in_path boolean, n integer) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare b text; f text; m text[];
+begin
+  if kind = 'text' then return txt; end if;
+  if kind = 'fixed' then return case when n = 1 then ',' else '' end; end if;
+  if kind <> 'slot' then return ''; end if;
+  b := segmenter._js_trim(substr(name, 2, length(name) - 2));
+  if b = 'segment_id' then return case when in_path then '00000000-0000-4000-8000-000000000000' else '"00000000-0000-4000-8000-000000000000"' end; end if;
+  if b in ('segment_name', 'audience') then return case when in_path then 'sample' else '"sample"' end; end if;
+  if b = 'version' then return '1'; end if;
+  f := substring(b from '^\$[A-Za-z0-9_]+\.([A-Za-z0-9_$]+)$');
+  if f is not null then return to_json(format('sample %s %s', f, n))::text; end if;
+  if b ~ '^\$[A-Za-z0-9_]+$' then return (n - 1)::text; end if; -- {$index}
+  m := regexp_match(b, '^batch_in' || segmenter._js_space() || '+(?:"([^"]+)"|''([^'']+)''|([A-Za-z0-9_$]+))$');
+  f := coalesce(m[1], m[2], m[3]);
+  return to_json(format('sample %s 1', f))::text || ', ' || to_json(format('sample %s 2', f))::text;
+end $_$;
+
+--
+-- Name: FUNCTION _json_sample_piece(kind text, txt text, name text, in_path boolean, n integer); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._json_sample_piece(kind text, txt text, name text, in_path boolean, n integer) IS 'Private. A piece of the json-dialect sample render, as src/render/json.ts sampleContext renders it.';
+
+--
 -- Name: _lock_class(text); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -667,6 +897,23 @@ $$;
 --
 
 COMMENT ON FUNCTION segmenter._lock_class(purpose text) IS 'Private. The advisory lock class of this install for a purpose (''deliver'' or ''enqueue''); keys are subscription ids.';
+
+--
+-- Name: _looks_like_secret(text); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._looks_like_secret(v text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  select v ~* '^(whsec_|sk_|pk_|rk_|ghp_|gho_|ghs_|github_pat_|xox[abprs]-|AKIA|ASIA|eyJ|bearer |basic |token )'
+      or (length(v) >= 24 and v ~ '[a-z]' and v ~ '[0-9]' and v !~ '_')
+$$;
+
+--
+-- Name: FUNCTION _looks_like_secret(v text); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._looks_like_secret(v text) IS 'Private. Heuristic: does a text meant to name an environment variable look like a secret value instead?';
 
 --
 -- Name: _members(regclass, uuid); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -924,6 +1171,29 @@ $$;
 COMMENT ON FUNCTION segmenter._record_failure(subscription_id bigint, error text) IS 'Private. Sidecar: log a delivery round that failed before any batch (the target unreachable or its checkpoint unreadable).';
 
 --
+-- Name: _record_sending(bigint, bigint, integer, bigint, integer, text, text[], uuid[], segmenter.event[], bigint[], integer[]); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) RETURNS void
+    LANGUAGE sql
+    AS $$
+  delete from segmenter.in_flight f
+  where f.subscription_id = _record_sending.subscription_id
+    and (f.from_pos, f.from_ord) >= (_record_sending.from_pos, _record_sending.from_ord);
+  insert into segmenter.in_flight (subscription_id, from_pos, from_ord, to_pos, to_ord, request_id, statements, segment_ids, events, rows,
+                                  statement_counts)
+  values (_record_sending.subscription_id, _record_sending.from_pos, _record_sending.from_ord, _record_sending.to_pos,
+          _record_sending.to_ord, _record_sending.request_id, _record_sending.statements, _record_sending.segment_ids,
+          _record_sending.events, _record_sending.rows, _record_sending.statement_counts);
+$$;
+
+--
+-- Name: FUNCTION _record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) IS 'Private. Sidecar: record what is about to be sent to a target without transactions (segmenter.in_flight), replacing what was recorded from the same checkpoint on.';
+
+--
 -- Name: _refresh_lock(uuid); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -1009,10 +1279,144 @@ $$;
 COMMENT ON FUNCTION segmenter._release_subscription(sub_id bigint) IS 'Private. Clear a subscription''s error state (its cause was fixed).';
 
 --
+-- Name: _scan_json(text, text, text[], text[], integer[], text[], boolean); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._scan_json(field text, source text, kinds text[], texts text[], ats integer[], names text[], sample boolean) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+declare
+  contexts text[] := '{}';
+  line_end int := -1;
+  m text[];
+  in_string boolean := false; string_at int;
+  p int; i int; s text[]; c text; b text;
+  lines text[];
+  -- sample render
+  out text := ''; iter int; loop_from int; loop_to int; q int; part text;
+  body text;
+  err text;
+begin
+  m := regexp_match(source, '^([A-Z]+) ');
+  if m is not null then
+    if m[1] not in ('GET', 'POST', 'PUT', 'PATCH', 'DELETE') then
+      perform segmenter._template_fail(field, source, 0, format('the request line starts with "%s", which is not an HTTP method', m[1]),
+        'use one of GET, POST, PUT, PATCH, DELETE, or start the template with the JSON body');
+    end if;
+    line_end := strpos(source, E'\n') - 1;
+    if line_end < 0 or substr(source, line_end + 2) !~ '^\r?\n' then
+      perform segmenter._template_fail(field, source, case when line_end < 0 then length(source) else line_end end,
+        'the request line is not followed by an empty line', 'write the request line ("POST /path"), then an empty line, then the JSON body');
+    end if;
+  end if;
+
+  for p in 1 .. coalesce(cardinality(kinds), 0) loop
+    if kinds[p] = 'text' then
+      s := coalesce(string_to_array(texts[p], null), '{}');
+      i := 0;
+      while i < cardinality(s) loop
+        if ats[p] + i > line_end then
+          c := s[i + 1];
+          if in_string then
+            if c = '\' then i := i + 1;
+            elsif c = '"' then in_string := false;
+            end if;
+          elsif c = '"' then
+            in_string := true; string_at := ats[p] + i;
+          end if;
+        end if;
+        i := i + 1;
+      end loop;
+      continue;
+    end if;
+    continue when kinds[p] = 'fixed';
+    if ats[p] < line_end then
+      if kinds[p] = 'ctl' then
+        perform segmenter._template_fail(field, source, ats[p], format('%s is in the request line', names[p]),
+          'loops and conditions belong in the body; the request line takes values like {audience} only');
+      end if;
+      contexts := contexts || 'path'::text;
+      continue;
+    end if;
+    if in_string then
+      lines := string_to_array(left(source, string_at), E'\n');
+      perform segmenter._template_fail(field, source, ats[p],
+        case when kinds[p] = 'slot' then format('%s is inside a JSON string (the string opened at line %s:%s)', names[p],
+          greatest(coalesce(cardinality(lines), 0), 1), coalesce(length(lines[cardinality(lines)]), 0) + 1)
+        else format('%s is inside a JSON string', names[p]) end,
+        case when kinds[p] = 'slot' then format('remove the quotes around it: every value is written as a JSON value ("x" for text, 1 for a number, null), e.g. "name": %s', names[p])
+        else 'loops and conditions must start and end outside JSON strings' end);
+    end if;
+    if kinds[p] = 'slot' then contexts := contexts || 'bare'::text; end if;
+  end loop;
+
+  if not sample then return contexts; end if;
+
+  -- The compiler's sample render (src/render/json.ts sampleContext), for the seed's syntax: two
+  -- members; {autocomma} writes "," after the first; the values are the compiler's.
+  p := 1;
+  while p <= coalesce(cardinality(kinds), 0) loop
+    if kinds[p] = 'ctl' and segmenter._js_trim(substr(names[p], 2, length(names[p]) - 2)) ~ '^for\M' then
+      loop_from := p + 1;
+      loop_to := loop_from;
+      while kinds[loop_to] is distinct from 'ctl' loop loop_to := loop_to + 1; end loop;
+      for iter in 1 .. 2 loop
+        for q in loop_from .. loop_to - 1 loop
+          out := out || segmenter._json_sample_piece(kinds[q], texts[q], names[q], ats[q] < line_end, iter);
+        end loop;
+      end loop;
+      p := loop_to + 1;
+      continue;
+    end if;
+    out := out || segmenter._json_sample_piece(kinds[p], texts[p], names[p], ats[p] < line_end, 0);
+    p := p + 1;
+  end loop;
+  body := segmenter._json_request_body(field, source, out);
+  if body ~ '^[ \t\n\r]*$' and out ~ '^[A-Z]+ ' then return contexts; end if;
+  begin
+    perform body::json;
+  exception when others then
+    get stacked diagnostics err = pg_exception_detail;
+    perform segmenter._fail('SG010', format('%s: the body is not JSON when rendered for a sample batch: %s%s', field, sqlerrm, coalesce(': ' || nullif(err, ''), '')),
+      'values are written as JSON values; check the commas ({autocomma} between items), brackets and quotes around that place');
+  end;
+  return contexts;
+end $_$;
+
+--
+-- Name: FUNCTION _scan_json(field text, source text, kinds text[], texts text[], ats integer[], names text[], sample boolean); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._scan_json(field text, source text, kinds text[], texts text[], ats integer[], names text[], sample boolean) IS 'Private. Port of the sidecar''s json-dialect checks (src/render/json.ts): each placeholder''s context (path or bare), SG010 for one inside a JSON string, and with sample the sample render whose body must parse.';
+
+--
 -- Name: _scan_sql(text, text, text, text[], text[], integer[], text[]); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
 CREATE FUNCTION segmenter._scan_sql(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+begin
+  if dialect = 'json' then
+    -- Squirrelly tags start with "{{", the seed's never do: only the seed's output is rendered
+    -- here (and a template without tags, whose output is its text).
+    return segmenter._scan_json(field, source, kinds, texts, ats, names,
+      not exists (select 1 from unnest(kinds, names) as x(k, n) where x.k <> 'text' and x.n like '{{%'));
+  end if;
+  return segmenter._scan_sql_text(field, source, dialect, kinds, texts, ats, names);
+end $$;
+
+--
+-- Name: FUNCTION _scan_sql(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._scan_sql(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]) IS 'Private. The context of each placeholder, or SG010: the SQL scanner (_scan_sql_text) for SQL dialects, _scan_json for json.';
+
+--
+-- Name: _scan_sql_text(text, text, text, text[], text[], integer[], text[]); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._scan_sql_text(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]) RETURNS text[]
     LANGUAGE plpgsql IMMUTABLE
     AS $_$
 declare
@@ -1290,10 +1694,10 @@ begin
 end $_$;
 
 --
--- Name: FUNCTION _scan_sql(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]); Type: COMMENT; Schema: segmenter; Owner: -
+-- Name: FUNCTION _scan_sql_text(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter._scan_sql(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]) IS 'Private. Port of the sidecar''s SQL scanner (src/render/lexer.ts analyze): the context of each placeholder, or SG010.';
+COMMENT ON FUNCTION segmenter._scan_sql_text(field text, source text, dialect text, kinds text[], texts text[], ats integer[], names text[]) IS 'Private. Port of the sidecar''s SQL scanner (src/render/lexer.ts analyze): the context of each placeholder, or SG010.';
 
 --
 -- Name: _segment(text); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -1777,6 +2181,51 @@ end $$;
 COMMENT ON FUNCTION segmenter._subscription(subscription text) IS 'Private. A subscription by name, or error SG011.';
 
 --
+-- Name: _take_token(bigint); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._take_token(consumer_id bigint) RETURNS double precision
+    LANGUAGE plpgsql
+    AS $$
+declare
+  o jsonb;
+  rps float8; rpm float8;
+  b segmenter.rate_buckets;
+  t timestamptz;
+  dt float8; s float8; m float8; wait float8 := 0;
+begin
+  select c.options into o from segmenter.consumers c where c.consumer_id = _take_token.consumer_id;
+  rps := (o->>'rate_per_second')::float8;
+  rpm := (o->>'rate_per_minute')::float8;
+  if rps is null and rpm is null then return 0; end if;
+  insert into segmenter.rate_buckets as r (consumer_id, second_tokens, minute_tokens, refilled_at)
+  values (_take_token.consumer_id, 1, 1, clock_timestamp())
+  on conflict do nothing;
+  -- The row lock orders concurrent callers; the time is read after it is granted, so a caller
+  -- that waited refills for the time it waited.
+  select * into b from segmenter.rate_buckets r where r.consumer_id = _take_token.consumer_id for update;
+  t := clock_timestamp();
+  dt := greatest(extract(epoch from t - b.refilled_at)::float8, 0);
+  s := case when rps is not null then least(1, coalesce(b.second_tokens, 1) + dt * rps) end;
+  m := case when rpm is not null then least(1, coalesce(b.minute_tokens, 1) + dt * rpm / 60) end;
+  if coalesce(s >= 1, true) and coalesce(m >= 1, true) then
+    s := s - 1;
+    m := m - 1;
+  else
+    wait := ceil(greatest(case when s < 1 then (1 - s) / rps end, case when m < 1 then (1 - m) * 60 / rpm end) * 1000);
+    wait := greatest(wait, 1);
+  end if;
+  update segmenter.rate_buckets r set second_tokens = s, minute_tokens = m, refilled_at = t where r.consumer_id = _take_token.consumer_id;
+  return wait;
+end $$;
+
+--
+-- Name: FUNCTION _take_token(consumer_id bigint); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._take_token(consumer_id bigint) IS 'Private. Sidecar, before each request to a consumer: 0 when a request may go now (a token of the per-second and per-minute buckets is taken), else the milliseconds to wait before asking again. Shared by every sidecar through a row lock; call it outside a transaction so the lock is held only for the call.';
+
+--
 -- Name: _template_fail(text, text, integer, text, text); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -2019,21 +2468,30 @@ begin
   if name is null or btrim(name) = '' then
     perform segmenter._fail('SG012', 'name: a consumer needs a non-empty name', 'pass name => ''warehouse''');
   end if;
-  if kind is null or kind not in ('mysql', 'postgres', 'clickhouse') then
+  if kind is null or kind not in ('mysql', 'postgres', 'clickhouse', 'http') then
     perform segmenter._fail('SG012', format('kind: %L is not a consumer kind', kind),
-      'use kind => ''mysql'' (MySQL/MariaDB), ''postgres'' or ''clickhouse''');
+      'use kind => ''mysql'' (MySQL/MariaDB), ''postgres'', ''clickhouse'' or ''http'' (webhooks and REST APIs)');
   end if;
-  if dialect is null or dialect not in ('mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse') then
-    perform segmenter._fail('SG007', format('dialect: %L is not a known SQL dialect', dialect),
-      'use one of mysql, postgres, mssql, oracle, bigquery, clickhouse');
+  if dialect is null or dialect not in ('mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse', 'json') then
+    perform segmenter._fail('SG007', format('dialect: %L is not a known dialect', dialect),
+      'use one of mysql, postgres, mssql, oracle, bigquery, clickhouse (SQL), or json for an http consumer');
+  end if;
+  if kind <> 'http' and dialect = 'json' then
+    perform segmenter._fail('SG012', format('dialect: json is the dialect of http consumers; a %s consumer runs SQL', kind),
+      format('pass the SQL dialect of the target, e.g. dialect => %L, or kind => ''http'' for an HTTP endpoint', case when kind = 'clickhouse' then 'clickhouse' else kind end));
   end if;
   if kind = 'clickhouse' and dialect <> 'clickhouse' then
     perform segmenter._fail('SG012', format('dialect: a clickhouse consumer''s templates are ClickHouse SQL, not %s', dialect),
       'pass dialect => ''clickhouse''');
   end if;
+  if kind = 'http' and dialect <> 'json' then
+    perform segmenter._fail('SG012', format('dialect: an http consumer''s templates render JSON request bodies, not %s SQL', dialect),
+      'pass dialect => ''json''');
+  end if;
   if dsn_env is null or dsn_env !~ '^[A-Za-z_][A-Za-z0-9_]*$' then
     perform segmenter._fail('SG012', format('dsn_env: %L is not an environment variable name', dsn_env),
-      'name the variable that holds the connection URL, e.g. dsn_env => ''WAREHOUSE_URL''; passwords are never stored in tables');
+      case when kind = 'http' then 'name the variable that holds the endpoint URL, e.g. dsn_env => ''CRM_WEBHOOK_URL'''
+           else 'name the variable that holds the connection URL, e.g. dsn_env => ''WAREHOUSE_URL''; passwords are never stored in tables' end);
   end if;
   if options is null or jsonb_typeof(options) <> 'object' then
     perform segmenter._fail('SG012', 'options: must be a JSON object', 'pass options => ''{}''::jsonb');
@@ -2053,7 +2511,7 @@ end $_$;
 -- Name: FUNCTION create_consumer(name text, kind text, dialect text, dsn_env text, options jsonb); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter.create_consumer(name text, kind text, dialect text, dsn_env text, options jsonb) IS 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL; options: lanes (1-16, default 1), checkpoint_table. Returns consumer_id.';
+COMMENT ON FUNCTION segmenter.create_consumer(name text, kind text, dialect text, dsn_env text, options jsonb) IS 'Create or update a consumer (an external system). dsn_env names the environment variable with its connection URL (http: the endpoint URL). Options, SQL kinds: lanes (1-16, default 1), checkpoint_table; http: method (default POST), headers (name => environment variable), signing_secret_env, timeout_ms (default 30000), max_in_flight (1-64, default 1), rate_per_second, rate_per_minute. Returns consumer_id.';
 
 --
 -- Name: create_segment(text, regclass, text, text, text, regclass[], text); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -3098,6 +3556,33 @@ CREATE TABLE segmenter.home (
 COMMENT ON TABLE segmenter.home IS 'Private. This home''s install id (with the server''s system_identifier it names the home in target checkpoints) and the highest position it ever assigned.';
 
 --
+-- Name: in_flight; Type: TABLE; Schema: segmenter; Owner: -
+--
+
+CREATE TABLE segmenter.in_flight (
+    subscription_id bigint NOT NULL,
+    from_pos bigint NOT NULL,
+    from_ord integer NOT NULL,
+    to_pos bigint NOT NULL,
+    to_ord integer NOT NULL,
+    request_id text NOT NULL,
+    statements text[] NOT NULL,
+    segment_ids uuid[] NOT NULL,
+    events segmenter.event[] NOT NULL,
+    rows bigint[] NOT NULL,
+    statement_counts integer[] NOT NULL,
+    sent_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT in_flight_check CHECK ((ROW(to_pos, to_ord) > ROW(from_pos, from_ord))),
+    CONSTRAINT in_flight_check1 CHECK (((cardinality(segment_ids) = cardinality(events)) AND (cardinality(events) = cardinality(rows)) AND (cardinality(rows) = cardinality(statement_counts))))
+);
+
+--
+-- Name: TABLE in_flight; Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON TABLE segmenter.in_flight IS 'Batches sent to a target without transactions (ClickHouse, HTTP) and not yet confirmed: exactly what was sent, replayed byte for byte by the next delivery round if the target''s checkpoint did not reach them. Empty while every subscription is caught up.';
+
+--
 -- Name: log; Type: TABLE; Schema: segmenter; Owner: -
 --
 
@@ -3150,6 +3635,23 @@ CREATE TABLE segmenter.migrations (
 --
 
 COMMENT ON TABLE segmenter.migrations IS 'Private. Which db/ migration files have been applied.';
+
+--
+-- Name: rate_buckets; Type: TABLE; Schema: segmenter; Owner: -
+--
+
+CREATE TABLE segmenter.rate_buckets (
+    consumer_id bigint NOT NULL,
+    second_tokens double precision,
+    minute_tokens double precision,
+    refilled_at timestamp with time zone NOT NULL
+);
+
+--
+-- Name: TABLE rate_buckets; Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON TABLE segmenter.rate_buckets IS 'Private. Token buckets of the consumers with rate_per_second or rate_per_minute, shared by every sidecar (segmenter._take_token). Readable; written only by _take_token.';
 
 --
 -- Name: refresh_state; Type: TABLE; Schema: segmenter; Owner: -
@@ -3467,7 +3969,7 @@ ALTER TABLE ONLY segmenter.consumers
 --
 
 ALTER TABLE segmenter.consumers
-    ADD CONSTRAINT consumers_options_valid CHECK (segmenter._consumer_options_valid(options)) NOT VALID;
+    ADD CONSTRAINT consumers_options_valid CHECK (segmenter._consumer_options_valid(kind, options)) NOT VALID;
 
 --
 -- Name: consumers consumers_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
@@ -3491,6 +3993,13 @@ ALTER TABLE ONLY segmenter.home
     ADD CONSTRAINT home_pkey PRIMARY KEY (singleton);
 
 --
+-- Name: in_flight in_flight_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.in_flight
+    ADD CONSTRAINT in_flight_pkey PRIMARY KEY (subscription_id, from_pos, from_ord);
+
+--
 -- Name: log log_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
 --
 
@@ -3503,6 +4012,13 @@ ALTER TABLE ONLY segmenter.log
 
 ALTER TABLE ONLY segmenter.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (id);
+
+--
+-- Name: rate_buckets rate_buckets_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.rate_buckets
+    ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (consumer_id);
 
 --
 -- Name: refresh_state refresh_state_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
@@ -3678,6 +4194,12 @@ ALTER INDEX pgboss.job_pkey ATTACH PARTITION pgboss.jbd05a478b54d1005631bd9a7777
 ALTER INDEX pgboss.job_pkey ATTACH PARTITION pgboss.jdab13dc4d648281a5e1e017cfc7b607786cd941813924b5c0850bd5f_pkey;
 
 --
+-- Name: subscriptions in_flight_confirmed; Type: TRIGGER; Schema: segmenter; Owner: -
+--
+
+CREATE TRIGGER in_flight_confirmed AFTER UPDATE OF cursor_pos, cursor_ord ON segmenter.subscriptions FOR EACH ROW WHEN (((old.cursor_pos IS DISTINCT FROM new.cursor_pos) OR (old.cursor_ord IS DISTINCT FROM new.cursor_ord))) EXECUTE FUNCTION segmenter._in_flight_confirmed();
+
+--
 -- Name: jbd05a478b54d1005631bd9a77771879bf50599ee996871ef266e591c dlq_fkey; Type: FK CONSTRAINT; Schema: pgboss; Owner: -
 --
 
@@ -3732,6 +4254,20 @@ ALTER TABLE ONLY pgboss.subscription
 
 ALTER TABLE ONLY segmenter.dead_letters
     ADD CONSTRAINT dead_letters_subscription_id_fkey FOREIGN KEY (subscription_id) REFERENCES segmenter.subscriptions(subscription_id) ON DELETE CASCADE;
+
+--
+-- Name: in_flight in_flight_subscription_id_fkey; Type: FK CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.in_flight
+    ADD CONSTRAINT in_flight_subscription_id_fkey FOREIGN KEY (subscription_id) REFERENCES segmenter.subscriptions(subscription_id) ON DELETE CASCADE;
+
+--
+-- Name: rate_buckets rate_buckets_consumer_id_fkey; Type: FK CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.rate_buckets
+    ADD CONSTRAINT rate_buckets_consumer_id_fkey FOREIGN KEY (consumer_id) REFERENCES segmenter.consumers(consumer_id) ON DELETE CASCADE;
 
 --
 -- Name: subscriptions subscriptions_consumer_id_fkey; Type: FK CONSTRAINT; Schema: segmenter; Owner: -

@@ -207,7 +207,7 @@ program
     const previews = await withPool((p) => previewSubscription(p, name, Number(o.members)))
     if (o.json) return print(previews, true)
     for (const pv of previews) {
-      console.log(`-- ${pv.subscription}: segment ${pv.segment}, ${pv.members} member(s), dialect ${pv.dialect}`)
+      console.log(`-- ${pv.subscription}: segment ${pv.segment}, ${pv.members} member(s), dialect ${pv.dialect}, version ${pv.version}`)
       for (const [event, sql] of Object.entries(pv.statements)) if (sql !== null) console.log(`-- ${event}\n${sql}\n`)
     }
   })

@@ -46,6 +46,10 @@ export async function migrate(databaseUrl: string, schema: string = DEFAULT_SCHE
       try {
         await client.query('begin')
         await client.query(inSchema(m.sql, schema))
+        // Each file records itself (so psql -f is the same as this runner); one that does not would
+        // be applied again by every run.
+        const recorded = await client.query(`select 1 from ${schema}.migrations where id = $1`, [m.id])
+        if (recorded.rowCount === 0) throw new Error(`it does not insert its own row (${m.id}, '${m.name}') into segmenter.migrations`)
         await client.query('commit')
       } catch (err) {
         await client.query('rollback')

@@ -1,7 +1,7 @@
 // Render a subscription's templates for a sample of current members without executing anything:
 // what `segmenter preview` prints, and how a template is checked against real rows before use.
 import type pg from 'pg'
-import type { PendingEvent } from './batch.js'
+import { positionVersion, type PendingEvent } from './batch.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { compileTemplate, type Dialect } from './render/index.js'
 import { loadMemberRows, loadSegments, membersOf } from './read.js'
@@ -11,6 +11,8 @@ export interface Preview {
   segment: string
   dialect: Dialect
   members: number
+  /** The `version` rendered: the one a batch starting right after the subscription's cursor carries. */
+  version: string
   statements: Record<string, string | null>
 }
 
@@ -44,13 +46,21 @@ export async function previewSubscription(pool: pg.Pool, subscription: string, s
       row: null,
     }))
     const batch = membersOf(segment, events, await loadMemberRows(pool, segments, events))
-    const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, batch }
+    const version = positionVersion(BigInt(sub.cursor_pos), sub.cursor_ord + 1)
+    const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, version, batch }
     const statements: Record<string, string | null> = {}
     for (const key of ['add_sql', 'remove_sql', 'update_sql', 'clear_sql', 'segment_upsert_sql', 'segment_delete_sql']) {
       const source: string | null = sub[key]
       statements[key.replace(/_sql$/, '')] = source === null ? null : compileTemplate(source, sub.syntax, sub.dialect).render(ctx)
     }
-    previews.push({ subscription, segment: segment.name, dialect: sub.dialect, members: batch.length, statements })
+    previews.push({
+      subscription,
+      segment: segment.name,
+      dialect: sub.dialect,
+      members: batch.length,
+      version: version.toString(),
+      statements,
+    })
   }
   return previews
 }

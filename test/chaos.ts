@@ -32,8 +32,11 @@ const FAULTS: Array<{ fault: string; test: RegExp }> = [
   { fault: 'home restarted', test: /^survives a restart of the home Postgres/ },
   { fault: 'read-only target', test: /^a read-only target/ },
   { fault: 'SIGTERM mid-delivery', test: /^graceful stop mid-delivery/ },
+  { fault: 'ClickHouse: kill -9 ×4 (effectively once)', test: /^kill -9 of the sidecar four times during a 100,000-member delivery/ },
+  { fault: 'ClickHouse: kill -9, replays as recorded', test: /^kill -9 while batches are unconfirmed/ },
+  { fault: 'ClickHouse stopped for 30 s', test: /^ClickHouse stopped for 30 s/ },
 ]
-const FILES = ['test/resilience.test.ts', 'test/faults.test.ts', 'test/delivery_restart.test.ts']
+const FILES = ['test/resilience.test.ts', 'test/faults.test.ts', 'test/delivery_restart.test.ts', 'test/clickhouse_faults.test.ts']
 
 interface Outcome {
   ok: boolean

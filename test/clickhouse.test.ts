@@ -7,6 +7,9 @@ import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { positionVersion } from '../src/batch.js'
+import { previewSubscription } from '../src/preview.js'
 import { ClickhouseError, openClickhouseSink, statementsOf } from '../src/sinks/clickhouse.js'
 import { isTransient } from '../src/sinks/index.js'
 import { clickhouseClient, freshClickhouse, freshPg, type FreshClickhouse, type FreshPg } from './harness/db.js'
@@ -281,4 +284,17 @@ test('batches are sized to the server max_query_size; a URL with a password and 
   assert.equal(dead.n, 0, 'nothing dead-lettered')
   const removes = await home.query(`select rows from segmenter.log where kind = 'batch' and ok and event = 'remove'`)
   assert.ok(removes.length > 1, `the remove went in several batches: ${removes.map((r) => r.rows)}`)
+})
+
+test('preview renders {version} as the number a batch from the cursor on carries', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'p' || g from generate_series(1, 3) g`, [w.segmentId])
+  const pool = new pg.Pool({ connectionString: w.home.url })
+  defer(() => pool.end())
+  const [preview] = await previewSubscription(pool, 'sub')
+  const [{ pos, ord }] = await w.home.query(`select cursor_pos::text as pos, cursor_ord as ord from segmenter.subscriptions`)
+  assert.equal(preview!.version, positionVersion(BigInt(pos), ord + 1).toString())
+  assert.match(preview!.statements.add!, new RegExp(`\\('${w.segmentId}', 'p1', ${preview!.version}, 0\\)`), preview!.statements.add!)
+  assert.doesNotMatch(Object.values(preview!.statements).join('\n'), /NULL/)
 })

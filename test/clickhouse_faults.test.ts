@@ -142,3 +142,69 @@ test('ClickHouse stopped for 30 s mid-delivery: retries, errors in sync_stats, c
   )
   await until('status clean', async () => Number((await home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0)
 })
+
+test('kill -9 while batches are unconfirmed, attributes changed before the restart: every replay is byte-identical to its first attempt', async (t) => {
+  const defer = deferrer(t)
+  const home = await freshPg()
+  defer(() => home.close())
+  const target = await freshClickhouse()
+  defer(() => target.close())
+  for (const statement of statementsOf(read('schema'))) await target.exec(statement)
+  // Every attempt's rows, kept (a plain MergeTree merges nothing away).
+  await target.exec('CREATE TABLE attempts (member_id String, version UInt64, customid String) ENGINE = MergeTree ORDER BY member_id')
+  await home.query(SEGMENT_DDL)
+  const [{ id }] = await home.query(`select segmenter.create_segment('replay', 'public.test_segment') as id`)
+  await home.query(`select segmenter.create_consumer('ch', 'clickhouse', 'clickhouse', 'CH_URL')`)
+  // The member's attribute is in the statement: rendered anew after the update, a replay would
+  // carry the new value under the old version.
+  const add = `${read('add').trimEnd()};
+INSERT INTO attempts (member_id, version, customid) VALUES {for $i, $lead = $batch}({$lead.id}, {version}, {$lead.customid}){autocomma}{end}`
+  await home.query(
+    `select segmenter.create_subscription(name => 'replay', consumer => 'ch', segments => array['replay'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => $2, batch_size => 200)`,
+    [add, read('remove')],
+  )
+  await home.query(`insert into test_segment (segment_id, id, customid) select $1, 'm' || g, 'first' from generate_series(1, 30000) g`, [
+    id,
+  ])
+  const run = (): ChildProcess =>
+    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+      cwd: repo,
+      env: { ...process.env, DATABASE_URL: home.url, CH_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    })
+  const attempts = async () => Number((await target.query('SELECT count() AS n FROM attempts'))[0].n)
+  /** (member, version) pairs written more than once, and those written with more than one attribute value. */
+  const replays = async () => {
+    const [r] = await target.query<{ again: string; differing: string }>(
+      `SELECT countIf(n > 1) AS again, countIf(texts > 1) AS differing
+       FROM (SELECT count() AS n, uniqExact(customid) AS texts FROM attempts GROUP BY member_id, version)`,
+    )
+    return { again: Number(r!.again), differing: Number(r!.differing) }
+  }
+  const unconfirmed = async () => Number((await home.query(`select count(*)::int as n from segmenter.in_flight`))[0].n)
+  for (let kill = 1; kill <= 6 && (await replays()).again === 0; kill++) {
+    const child = run()
+    const exited = new Promise((r) => child.once('exit', r))
+    defer(async () => void child.kill('SIGKILL'))
+    const before = await attempts()
+    await until('more rows reached the target, and a send is unconfirmed', async () => {
+      return (await attempts()) >= before + 1000 && (await unconfirmed()) > 0
+    })
+    child.kill('SIGKILL')
+    await exited
+    // What a sidecar would render now differs from what was sent: the attribute every row carries.
+    await home.query(`update test_segment set customid = 'after kill ' || $1::int where actual_end = 'infinity'`, [kill])
+  }
+  const child = run()
+  defer(async () => void child.kill('SIGKILL'))
+  const want = (await home.query(`select id from test_segment where actual_end = 'infinity' order by id collate "C"`)).map((r) => r.id)
+  await until('the target equals the segment after FINAL', async () => JSON.stringify(await finalIds(target)) === JSON.stringify(want))
+  await until('caught up', async () => Number((await home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0)
+  await until('nothing left unconfirmed', async () => (await unconfirmed()) === 0)
+  const { again, differing } = await replays()
+  t.diagnostic(`${await attempts()} rows written for 30,000 members; ${again} (member, version) pairs sent again`)
+  assert.ok(again > 0, 'a batch was sent again after a kill (else this test proved nothing about replays)')
+  assert.equal(differing, 0, 'a replayed batch carried the attribute values of its first attempt: sent as recorded, not rendered anew')
+  child.kill('SIGTERM')
+})

@@ -16,12 +16,20 @@ import { fileURLToPath } from 'node:url'
 import type pg from 'pg'
 import * as api from '../src/api.js'
 import { SegmenterError } from '../src/errors.js'
-import { compileTemplate, TemplateError, type Dialect, type Syntax } from '../src/render/index.js'
+import { compileTemplate, TemplateError, type Dialect, type Syntax, type TemplateDialect } from '../src/render/index.js'
 import { freshPg, type FreshPg } from './harness/db.js'
 
 const DIALECTS = ['mysql', 'postgres'] as const satisfies readonly Dialect[]
 /** The agreement is checked for every dialect; the corpus states outcomes for the two with real targets. */
-const ALL_DIALECTS = ['mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse'] as const satisfies readonly Dialect[]
+const ALL_DIALECTS = [
+  'mysql',
+  'postgres',
+  'mssql',
+  'oracle',
+  'bigquery',
+  'clickhouse',
+  'json',
+] as const satisfies readonly TemplateDialect[]
 const CONSUMER: Record<(typeof ALL_DIALECTS)[number], string> = {
   mysql: 'c_mysql',
   postgres: 'c_pg',
@@ -29,6 +37,7 @@ const CONSUMER: Record<(typeof ALL_DIALECTS)[number], string> = {
   oracle: 'c_oracle',
   bigquery: 'c_bigquery',
   clickhouse: 'c_clickhouse',
+  json: 'c_json',
 }
 const TEMPLATES = resolve(dirname(fileURLToPath(import.meta.url)), '..', 'templates')
 
@@ -45,6 +54,7 @@ async function home(t: TestContext): Promise<FreshPg> {
   await db.query(`select segmenter.create_consumer('c_pg', 'postgres', 'postgres', 'PG_URL')`)
   for (const d of ['mssql', 'oracle', 'bigquery', 'clickhouse'])
     await db.query(`select segmenter.create_consumer($1, 'postgres', $2, 'X_URL')`, [CONSUMER[d as 'mssql'], d])
+  await db.query(`select segmenter.create_consumer('c_json', 'http', 'json', 'HOOK_URL')`)
   return db
 }
 
@@ -56,8 +66,8 @@ async function sqlDecision(client: pg.PoolClient, dialect: (typeof ALL_DIALECTS)
   try {
     await client.query(
       `select segmenter.create_subscription(name => 'probe', consumer => $1, segments => array['a'], add_sql => $2,
-         remove_sql => 'delete from t', syntax => $3)`,
-      [CONSUMER[dialect], src, syntax],
+         remove_sql => $4, syntax => $3)`,
+      [CONSUMER[dialect], src, syntax, dialect === 'json' ? '{}' : 'delete from t'],
     )
     return { ok: true }
   } catch (e) {
@@ -69,7 +79,7 @@ async function sqlDecision(client: pg.PoolClient, dialect: (typeof ALL_DIALECTS)
 }
 
 /** What the sidecar's compiler says, given the segment table's columns. */
-function tsDecision(columns: string[], dialect: Dialect, syntax: Syntax, src: string): Decision {
+function tsDecision(columns: string[], dialect: TemplateDialect, syntax: Syntax, src: string): Decision {
   try {
     compileTemplate(src, syntax, dialect, { columns, table: 'public.members' })
     return { ok: true }
@@ -80,6 +90,13 @@ function tsDecision(columns: string[], dialect: Dialect, syntax: Syntax, src: st
 
 /** A Squirrelly expression that is not JavaScript: only the sidecar's compiler can tell. */
 const JS_SYNTAX_ERROR = /^Squirrelly cannot compile the template: Bad template syntax/
+/**
+ * The json dialect's sample render (a body that must parse, a request line that must stay below
+ * the consumer's URL): the write path renders the seed's syntax only; Squirrelly runs JavaScript.
+ */
+const JSON_SAMPLE_ERROR = /^the body is not JSON when rendered for a sample batch|^the request line "/
+const sidecarOnly = (d: TemplateDialect, syntax: Syntax, message: string) =>
+  JS_SYNTAX_ERROR.test(message) || (d === 'json' && syntax === 'squirrelly' && JSON_SAMPLE_ERROR.test(message))
 
 // ---------------------------------------------------------------------------------------------
 // The corpus
@@ -91,6 +108,8 @@ interface Case {
   src: string
   /** Per dialect, or the same for both. 'sidecar': SQL accepts, the compiler refuses (JavaScript). */
   expect: Outcome | Record<(typeof DIALECTS)[number], Outcome>
+  /** The outcome for the json dialect (HTTP consumers), when the case states one. */
+  json?: Outcome
 }
 const sq = (name: string, src: string, expect: Case['expect']): Case => ({ name, syntax: 'squirrelly', src, expect })
 const alt = (name: string, src: string, expect: Case['expect']): Case => ({ name, syntax: 'altcraft', src, expect })
@@ -434,6 +453,96 @@ function generated(syntax: Syntax, count: number, seed: number): Array<Omit<Case
   return out
 }
 
+// The json dialect (HTTP consumers): the corpus states its outcome for json.
+const jalt = (name: string, src: string, json: Outcome): Case => ({ name, syntax: 'altcraft', src, expect: 'refused', json })
+const jsq = (name: string, src: string, json: Outcome): Case => ({ name, syntax: 'squirrelly', src, expect: 'refused', json })
+const JSON_CASES: Case[] = [
+  jalt('members array', '{"members": [{for $i, $m = $batch}{"id": {$m.id}, "e": {$m.hash_email}}{autocomma}{end}]}', 'ok'),
+  jalt('ids list', '{"segment": {segment_id}, "ids": [{batch_in "id"}], "v": {version}}', 'ok'),
+  jalt('request line', 'PUT /lists/{audience}/members?v={version}\n\n{"ids": [{batch_in "CustomID"}]}', 'ok'),
+  jalt('request line without a body', 'DELETE /lists/{audience}\n\n', 'ok'),
+  jalt('CRLF', 'POST /x\r\n\r\n{"a": {segment_name}}', 'ok'),
+  jalt('numbers and literals', '{"a": [1, -2.5e3, 0, true, false, null, "x\\"y", "\\u00e9"], "b": {}}', 'ok'),
+  jalt('placeholder in a JSON string', '{"name": "{segment_name}"}', 'refused'),
+  jalt('placeholder in a larger JSON string', '{"name": "seg {segment_name}"}', 'refused'),
+  jalt('member field in a JSON string', '[{for $i, $m = $batch}"{$m.id}"{autocomma}{end}]', 'refused'),
+  jalt('loop inside a JSON string', '{"a": "{for $i, $m = $batch}{end}"}', 'refused'),
+  jalt('missing autocomma', '{"members": [{for $i, $m = $batch}{"id": {$m.id}}{end}]}', 'refused'),
+  jalt('trailing comma', '{"a": {segment_id},}', 'refused'),
+  jalt('unclosed object', '{"a": {segment_id}', 'refused'),
+  jalt('two values', '{} {}', 'refused'),
+  jalt('leading zero', '{"a": 01}', 'refused'),
+  jalt('value glued to a number', '[{version}5]', 'ok'),
+  jalt('index glued to a digit', '[{for $i, $m = $batch}{$i}0{autocomma}{end}]', 'refused'),
+  jalt('raw newline in a string', '{"a": "x\ny"}', 'refused'),
+  jalt('absolute URL', 'POST https://evil.example/x\n\n{}', 'refused'),
+  jalt('another host', 'POST //evil.example/x\n\n{}', 'refused'),
+  jalt('backslash path', 'POST /\\evil\n\n{}', 'refused'),
+  jalt('dot segment', 'POST /a/../b\n\n{}', 'refused'),
+  jalt('encoded dot segment', 'POST /a/%2e%2E/b\n\n{}', 'refused'),
+  jalt('bad percent', 'POST /a%zz\n\n{}', 'refused'),
+  jalt('percent and a value', 'POST /a%{version}0\n\n{}', 'ok'),
+  jalt('path from a value', 'POST {audience}\n\n{}', 'refused'),
+  jalt('no blank line', 'POST /x\n{}', 'refused'),
+  jalt('unknown method', 'FETCH /x\n\n{}', 'refused'),
+  jalt('list in the request line', 'POST /x/{batch_in "id"}\n\n{}', 'refused'),
+  jalt('loop in the request line', 'POST /x{for $i, $m = $batch}{end}\n\n{}', 'refused'),
+  jalt('unknown member field', '[{for $i, $m = $batch}{$m.nosuch}{autocomma}{end}]', 'refused'),
+  jsq('rows', '{"members": [{{@rows(it.batch) => m}}{"id": {{ m.id }}}{{/rows}}], "ids": [{{ it.batch | in("id") }}]}', 'ok'),
+  jsq('request line', 'POST /l/{{ it.audience }}\n\n{"n": {{ it.segment_name }}}', 'ok'),
+  jsq('placeholder in a JSON string', '{"name": "{{ it.segment_name }}"}', 'refused'),
+  jsq('helper in a JSON string', '{"a": "{{@if(true)}}x{{/if}}"}', 'refused'),
+  jsq('list in the request line', 'POST /x/{{ it.batch | in("id") }}\n\n{}', 'refused'),
+  jsq('missing separator (the sidecar renders it)', '[{{@each(it.batch) => m}}{{ m.id }}{{/each}}]', 'sidecar'),
+  jsq('absolute URL from the text (the sidecar renders it)', 'POST https://x.example/{{ it.audience }}\n\n{}', 'sidecar'),
+  jsq('plain text is rendered as it is', '{"a": }', 'refused'),
+]
+
+const JSON_DEFAULTS: Case[] = readdirSync(join(TEMPLATES, 'http'))
+  .filter((f) => f.endsWith('.json'))
+  .map((f) => jalt(`templates/http/${f}`, readFileSync(join(TEMPLATES, 'http', f), 'utf8'), 'ok'))
+
+/** Like generated(), from JSON and request-line fragments. */
+function generatedJson(syntax: Syntax, count: number, seed: number): Array<Omit<Case, 'expect'>> {
+  const TEXT = [
+    '{',
+    '}',
+    '[',
+    ']',
+    '"',
+    '"a"',
+    ': ',
+    ', ',
+    ',',
+    ' ',
+    '\n',
+    '\\',
+    '\\"',
+    '1',
+    '0',
+    '-',
+    'null',
+    'true',
+    '.',
+    'e5',
+    '{"k": ',
+    '"v"}',
+  ]
+  const HEAD = ['', '', '', 'POST /x\n\n', 'GET /a/', 'PUT /l?', 'DELETE ', 'POST //h\n\n', 'POST /a/..', 'POST /%', '\n\n', 'POST /x\n']
+  const base = generated(syntax, count, seed)
+  let s = seed >>> 0
+  const rand = () => ((s = (Math.imul(s ^ (s >>> 15), 2246822519) + 0x6d2b79f5) >>> 0), s / 4294967296)
+  return base
+    .map((c, n) => {
+      let src = HEAD[Math.floor(rand() * HEAD.length)]!
+      const parts = 1 + Math.floor(rand() * 8)
+      const tags = c.src.match(syntax === 'altcraft' ? /\{[$A-Za-z][^{}\n]*\}/g : /\{\{[^}]*\}\}/g) ?? ['']
+      for (let k = 0; k < parts; k++) src += rand() < 0.5 ? tags[Math.floor(rand() * tags.length)] : TEXT[Math.floor(rand() * TEXT.length)]
+      return { name: `generated json ${syntax} #${n}`, syntax, src }
+    })
+    .filter((c) => c.src.trim() !== '') // an empty add template is SG004, not a template error
+}
+
 test('the write path and the sidecar compiler agree on every template of the corpus, in every dialect', async (t) => {
   const db = await home(t)
   const columns = (
@@ -443,16 +552,25 @@ test('the write path and the sidecar compiler agree on every template of the cor
   await client.query(`set statement_timeout = '10s'`) // a check that loops fails here, naming its template
   const problems: string[] = []
   const counts = { agreed: 0, sidecar: 0, refused: 0 }
-  const run = async (c: Omit<Case, 'expect'> & { expect?: Case['expect'] }) => {
-    for (const d of ALL_DIALECTS) {
+  const run = async (
+    c: Omit<Case, 'expect'> & { expect?: Case['expect'] },
+    dialects: readonly (typeof ALL_DIALECTS)[number][] = ALL_DIALECTS,
+  ) => {
+    for (const d of dialects) {
       const sql = await sqlDecision(client, d, c.syntax, c.src)
       const ts = tsDecision(columns, d, c.syntax, c.src)
       const label = `${c.name} [${c.syntax}, ${d}] ${JSON.stringify(c.src)}`
       if (!sql.ok && sql.code !== 'SG010') problems.push(`${label}: SQL failed with ${sql.code}, not SG010: ${sql.message}`)
       if (!sql.ok && !/^add_sql: /.test(sql.message)) problems.push(`${label}: SQL message does not name add_sql: ${sql.message}`)
-      const jsOnly = sql.ok && !ts.ok && JS_SYNTAX_ERROR.test(ts.message)
+      const jsOnly = sql.ok && !ts.ok && sidecarOnly(d, c.syntax, ts.message)
       const want =
-        c.expect === undefined || (d !== 'mysql' && d !== 'postgres') ? undefined : typeof c.expect === 'string' ? c.expect : c.expect[d]
+        d === 'json'
+          ? c.json
+          : c.expect === undefined || (d !== 'mysql' && d !== 'postgres')
+            ? undefined
+            : typeof c.expect === 'string'
+              ? c.expect
+              : c.expect[d]
       if (want !== undefined) {
         const got: Outcome = ts.ok ? 'ok' : jsOnly ? 'sidecar' : 'refused'
         if (got !== want) problems.push(`${label}: expected ${want}, the compiler says ${ts.ok ? 'ok' : ts.message}`)
@@ -469,6 +587,8 @@ test('the write path and the sidecar compiler agree on every template of the cor
   try {
     for (const c of [...ISSUE, ...RENDER_ERRORS, ...VALID, ...DEFAULTS]) await run(c)
     for (const c of [...generated('squirrelly', 700, 7), ...generated('altcraft', 700, 11)]) await run(c)
+    for (const c of [...JSON_CASES, ...JSON_DEFAULTS]) await run(c, ['json'])
+    for (const c of [...generatedJson('altcraft', 600, 13), ...generatedJson('squirrelly', 300, 17)]) await run(c, ['json'])
   } finally {
     client.release() // before db.close() ends the pool
   }

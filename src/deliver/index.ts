@@ -18,7 +18,9 @@ import {
   templateHint,
   type HomeIdentity,
 } from './hold.js'
+import { isGone } from '../sinks/http.js'
 import { deliverBatch } from './isolate.js'
+import { replayUnconfirmed } from './journal.js'
 import { deliverRun, runLength } from './pipeline.js'
 import { planWindow, READ_AHEAD_MAX_EVENTS, readWindow, scopeOf, type Window } from './read-ahead.js'
 import { reconcileCursor, recordRetry, recordRoundFailure, type LogRows } from './record.js'
@@ -82,12 +84,13 @@ export async function deliverSubscription(
         return { kind: 'retry', error }
       }
       let from: Checkpoint
+      let known: Checkpoint | null = null
       try {
         // The advisory lock has been held since this call began, so no one else moved the target's
         // checkpoint since this sink committed it (and if someone did, the fence says so): read
         // back only at the start (a round trip per window, with the target idle, at 10,000
         // members a window).
-        const known = sink === lastWindowSink ? sink.lastCommitted(sub.sync_key) : null
+        known = sink === lastWindowSink ? sink.lastCommitted(sub.sync_key) : null
         if (known) from = known
         else {
           const target = await sink.checkpoint(sub.sync_key)
@@ -106,6 +109,18 @@ export async function deliverSubscription(
       // A resync supersedes everything before its snapshot.
       if (sub.resync_pos !== null && compareCheckpoints(from, { pos: BigInt(sub.resync_pos), ord: 0 }) < 0) {
         from = { pos: BigInt(sub.resync_pos), ord: 0 }
+      }
+      // What a sidecar sent from here and the target never confirmed goes again first, as it was.
+      if (!known) {
+        try {
+          from = await replayUnconfirmed(ctx, sink, sub, from)
+        } catch (error) {
+          if (isFenced(error)) return { kind: 'busy' }
+          if (isGone(error)) return holdSubscription(ctx, sub, 'configuration', error.message, goneHint(sub))
+          await dropSink(ctx, sub.subscription_id)
+          await recordRoundFailure(ctx, sub, error)
+          return { kind: 'retry', error }
+        }
       }
       const window = Math.max(sub.batch_size, Math.min(100_000, Math.max(sub.batch_size * 10, 10_000)))
       // The next window, read while the previous one was being applied, if it starts here.
@@ -147,6 +162,7 @@ export async function deliverSubscription(
           for (const stop = i + alone; i < stop && !stopped(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
           if (error instanceof HeldTemplate) return holdSubscription(ctx, sub, 'template', error.message, templateHint(sub))
+          if (isGone(error)) return holdSubscription(ctx, sub, 'configuration', error.message, goneHint(sub))
           if (isFenced(error)) {
             // Another sidecar delivered meanwhile (it holds the lock now, or this one's zombie
             // transaction committed): nothing of this transaction committed; start again from
@@ -186,6 +202,9 @@ export async function deliverSubscription(
   }
 }
 
+const goneHint = (sub: SubscriptionRow) =>
+  `the receiver answered 410 Gone: the endpoint or audience no longer exists there. Point the consumer at the right URL (segmenter.create_consumer) or drop the subscription; then select segmenter.resume('${sub.name}'). Nothing was skipped: delivery resumes where it stopped`
+
 function lostLock(ctx: DeliveryContext, subscriptionId: string): RoundResult {
   ctx.log.warn({ subscription: subscriptionId }, 'the home session holding the subscription lock ended; stopped delivering it')
   return { kind: 'busy' }
@@ -203,7 +222,7 @@ async function sinkFor(ctx: DeliveryContext, sub: SubscriptionRow, home: string)
     ctx.log.info({ subscription: sub.name, consumer: sub.consumer.name }, 'consumer changed; reconnecting')
     await dropSink(ctx, sub.subscription_id)
   }
-  const sink = await openSink(sub.consumer, home, ctx.env)
+  const sink = await openSink(sub.consumer, home, ctx.env ?? process.env, ctx.pool)
   openedFrom.set(sink, fingerprint)
   ctx.sinks.set(sub.subscription_id, sink)
   return sink

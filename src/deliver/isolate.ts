@@ -2,8 +2,10 @@
 // member, the rejected members are dead-lettered and the checkpoint passes them.
 import type { Batch } from '../batch.js'
 import { TemplateError } from '../render/index.js'
+import { isGone } from '../sinks/http.js'
 import { isFenced, isTransient } from '../sinks/index.js'
 import { HeldTemplate } from './hold.js'
+import { applyRecorded } from './journal.js'
 import { recordDeadLetter, recordRejected, recordSuccess } from './record.js'
 import { renderBatch, type Round } from './round.js'
 
@@ -31,9 +33,11 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
     return splitAndDeliver(round, batch)
   }
   try {
-    await sink.apply(statement === null ? [] : [statement], sub.sync_key, batch.through)
+    const statements = statement === null ? [] : [statement]
+    await applyRecorded(round, null, statements, batch.through, [{ batch, statements: statements.length }])
   } catch (error) {
-    if (isTransient(error) || isFenced(error)) throw error
+    // A receiver that says the endpoint is gone rejects every batch alike: held, not dead-lettered.
+    if (isTransient(error) || isFenced(error) || isGone(error)) throw error
     return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
   await recordSuccess(round, batch, performance.now() - started, statement === null ? 0 : 1)
@@ -55,11 +59,11 @@ async function splitAndDeliver(round: Round, batch: Batch): Promise<void> {
 }
 
 async function deadLetter(round: Round, batch: Batch, statement: string | null, error: unknown): Promise<void> {
-  const { ctx, sink, sub } = round
+  const { ctx, sub } = round
   const e = batch.events[0]
   const message = (error as Error)?.message ?? String(error)
   ctx.log.warn({ subscription: sub.name, event: batch.event, member: e?.memberId, err: message }, 'target rejected an event; dead-lettered')
   if (e) await recordDeadLetter(ctx, sub, e, statement, error)
-  await sink.apply([], sub.sync_key, batch.through) // pass it; the other members go on
+  await applyRecorded(round, null, [], batch.through, [{ batch, statements: 0 }]) // pass it; the other members go on
   await recordRejected(round, batch, error)
 }

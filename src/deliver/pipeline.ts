@@ -1,7 +1,9 @@
 // The pipeline: a run of batches rendered while the target executes the ones before, in parallel
 // lanes or grouped into few target transactions, committed strictly in order.
 import { MEMBER_EVENTS, type Batch } from '../batch.js'
-import { isFenced, isLockConflict, isTransient, type Checkpoint, type OpenTransaction, type Sink } from '../sinks/index.js'
+import { isFenced, isLockConflict, isTransient, type OpenTransaction } from '../sinks/index.js'
+import { isGone } from '../sinks/http.js'
+import { applyRecorded, beginRecorded, journals, sendsFrom } from './journal.js'
 import { queueLogRows, type Delivered } from './record.js'
 import { renderBatch, type Round } from './round.js'
 
@@ -57,6 +59,8 @@ export async function deliverRun(
   let alone = 1
   let failure: unknown
   const done: Delivered[] = [] // committed, not yet recorded at home
+  // Where the next group's send starts, for the journal (journal.ts) of a target without transactions.
+  let sentThrough = journals(sub) ? await sendsFrom(sink, sub.sync_key) : null
   /** The next batch, rendered; null where the run ends before it. */
   const renderNext = (): Rendered | null => {
     if (next >= end) return null
@@ -102,7 +106,12 @@ export async function deliverRun(
         const group = nextGroup()
         const statements = group.flatMap((g) => (g.statement === null ? [] : [g.statement]))
         const through = group[group.length - 1]!.batch.through
-        const tx = lanes === 1 ? committedAtOnce(sink, statements, sub.sync_key, through) : sink.begin(statements)
+        const sent = group.map((g) => ({ batch: g.batch, statements: g.statement === null ? 0 : 1 }))
+        const tx =
+          lanes === 1
+            ? committedAtOnce(applyRecorded(round, sentThrough, statements, through, sent))
+            : beginRecorded(round, sentThrough, statements, through, sent)
+        sentThrough = through
         const entry = { group, tx, started: performance.now(), settled: false }
         // Awaited in order below; meanwhile it tells the rendering below to stop.
         tx.executed.then(
@@ -158,7 +167,8 @@ export async function deliverRun(
       { subscription: sub.name, err: (failure as Error).message },
       'batches lock the same rows in the target; one lane from now on',
     )
-  } else if (failure !== undefined && (isTransient(failure) || isFenced(failure))) return { committed, alone, error: failure }
+  } else if (failure !== undefined && (isTransient(failure) || isFenced(failure) || isGone(failure)))
+    return { committed, alone, error: failure }
   return { committed, alone }
 }
 
@@ -169,8 +179,7 @@ interface Rendered {
   bytes: number
 }
 
-/** One lane: statements, checkpoint and COMMIT in one round trip, so nothing stays open. */
-function committedAtOnce(sink: Sink, statements: string[], syncKey: string, to: Checkpoint): OpenTransaction {
-  const executed = sink.apply(statements, syncKey, to)
+/** One lane: statements, checkpoint and COMMIT in one round trip (`executed`), so nothing stays open. */
+function committedAtOnce(executed: Promise<void>): OpenTransaction {
   return { executed, commit: () => executed, rollback: () => executed.catch(() => {}) }
 }

@@ -36,7 +36,7 @@ export function queueLogRows(round: Round, done: Delivered[]): void {
 }
 
 /** Log batches the target committed, in one call, and move the home cursor past the last. */
-async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, done: Delivered[]): Promise<void> {
+export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, done: Delivered[]): Promise<void> {
   const last = done[done.length - 1]
   if (!last) return
   await ctx.pool.query(

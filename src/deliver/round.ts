@@ -6,6 +6,7 @@ import { batchVersion, MEMBER_EVENTS, type Batch } from '../batch.js'
 import { compileTemplate, type CompiledTemplate, type Dialect } from '../render/index.js'
 import { columnsFor, membersOf, type MemberRows, type SegmentInfo, type SubscriptionRow } from '../read.js'
 import type { Sink } from '../sinks/index.js'
+import { withRequestId } from './journal.js'
 import type { LogRows } from './record.js'
 
 export interface DeliveryContext {
@@ -79,11 +80,12 @@ export function renderBatch({ ctx, sink, sub, segments, members }: Round, batch:
   const template = batch.events.length > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
   if (!template || !segment) return null
   const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.events, members) : []
-  return template.render({
+  const rendered = template.render({
     segment_id: segment.segment_id,
     segment_name: segment.name,
     audience: sub.audience,
     version: batchVersion(batch),
     batch: rows,
   })
+  return sink.identifiesRequests ? withRequestId(sub.sync_key, batch, rendered) : rendered
 }

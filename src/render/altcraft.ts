@@ -2,6 +2,8 @@
 //   {segment_id} {segment_name} {audience} {version}
 //   {for $index, $lead = $batch} … {$lead.Field} … {$index} … {autocomma} … {end}
 //   {batch_in "Field"}
+// For the json dialect (HTTP bodies, json.ts) the same tags write JSON values, and
+// {batch_in "Field"} the inside of a JSON array: "ids": [{batch_in "id"}].
 // A "{" followed by "$" or a letter and closed by "}" on the same line is a tag; any other
 // "{" is SQL text, so JSON literals like '{"a": 1}' need no escaping.
 //
@@ -11,8 +13,17 @@
 // db/0007_templates.sql ports this compiler's checks to plpgsql (segmenter._altcraft_fields), so
 // create_subscription refuses what it refuses: change both together; test/template_check.test.ts
 // fails when they disagree.
+import { analyzeJson } from './json.js'
 import { analyze, endsWord, type Piece } from './lexer.js'
-import { fieldValue, renderSlot, SqlFragment, templateError, type Dialect, type RenderContext, type SlotContext } from './literals.js'
+import {
+  fieldValue,
+  renderSlot,
+  SqlFragment,
+  templateError,
+  type RenderContext,
+  type SlotContext,
+  type TemplateDialect,
+} from './literals.js'
 
 type Tag =
   | { t: 'var'; name: 'segment_id' | 'segment_name' | 'audience' | 'version' }
@@ -87,7 +98,7 @@ function tokenize(source: string): Tok[] {
   return toks
 }
 
-export function compileAltcraft(source: string, dialect: Dialect): { fields: string[]; render(ctx: RenderContext): string } {
+export function compileAltcraft(source: string, dialect: TemplateDialect): { fields: string[]; render(ctx: RenderContext): string } {
   const toks = tokenize(source)
   const pieces: Piece[] = []
   const fields = new Set<string>()
@@ -176,10 +187,13 @@ export function compileAltcraft(source: string, dialect: Dialect): { fields: str
         const field = tag.field
         fields.add(field)
         batchIn.push({ slot: slots, at: tok.at, raw: tok.raw })
+        // In SQL, IN (NULL) is valid and matches nothing, so an empty batch stays harmless; in
+        // JSON the list is the inside of an array, [] when empty.
+        const item: SlotContext = dialect === 'json' ? { kind: 'json' } : { kind: 'bare', space: false }
+        const empty = dialect === 'json' ? '' : 'NULL'
         slot(tok, (ctx) => {
-          // IN (NULL) is valid SQL and matches nothing, so an empty batch stays harmless.
-          const items = ctx.batch.map((m) => renderSlot(fieldValue(m, field), { kind: 'bare', space: false }, dialect, field))
-          return new SqlFragment(items.length ? items.join(', ') : 'NULL')
+          const items = ctx.batch.map((m) => renderSlot(fieldValue(m, field), item, dialect, field))
+          return new SqlFragment(items.length ? items.join(', ') : empty)
         })
         break
       }
@@ -187,10 +201,17 @@ export function compileAltcraft(source: string, dialect: Dialect): { fields: str
   }
   if (loop) fail(loop.at, '{for} is never closed', 'add {end} after the loop body')
 
-  const { contexts, texts } = analyze(pieces, dialect, source)
-  for (const b of batchIn)
-    if (contexts[b.slot]!.kind !== 'bare')
+  const { contexts, texts } =
+    dialect === 'json'
+      ? { contexts: analyzeJson(pieces, source), texts: pieces.map((p) => (p.kind === 'text' ? p.text : '')) }
+      : analyze(pieces, dialect, source)
+  for (const b of batchIn) {
+    const kind = contexts[b.slot]!.kind
+    if (kind === 'path')
+      fail(b.at, `${b.raw} produces a list of values and cannot stand in the request line`, 'use it in the body: "ids": [' + b.raw + ']')
+    if (kind !== 'bare' && kind !== 'json')
       fail(b.at, `${b.raw} produces a list of literals and cannot stand inside quotes`, `write IN (${b.raw}) without quotes`)
+  }
 
   // Output is collected in pieces and joined once, because reading the end of a growing
   // concatenated string flattens it each time (quadratic: a 5,000-member batch took 1.2 s instead

@@ -1,5 +1,6 @@
 // SQL literal rendering per dialect: a value as a literal, as the text inside a template's own
 // quotes, or as a quoted identifier, depending on where the lexer (lexer.ts) found its placeholder.
+// The json dialect's values are written by json.ts; renderSlot dispatches to both.
 //
 // Assumptions about the targets (each one is documented because a wrong guess is an
 // injection, not just a syntax error):
@@ -13,9 +14,16 @@
 // - Oracle: '' is NULL there, so an empty string reaches Oracle as NULL; booleans are 1/0
 //   because SQL-level TRUE/FALSE only exists from 23ai.
 
+/** The SQL dialects: what a literal is written for. */
 export type Dialect = 'mysql' | 'postgres' | 'mssql' | 'oracle' | 'bigquery' | 'clickhouse'
+/**
+ * What a template renders: SQL of a dialect, or `json`, an HTTP request (src/render/json.ts).
+ * A separate type, so the SQL-literal functions keep taking only SQL dialects.
+ */
+export type TemplateDialect = Dialect | 'json'
 export type Syntax = 'squirrelly' | 'altcraft'
 export const DIALECTS: readonly Dialect[] = ['mysql', 'postgres', 'mssql', 'oracle', 'bigquery', 'clickhouse']
+export const TEMPLATE_DIALECTS: readonly TemplateDialect[] = [...DIALECTS, 'json']
 export const SYNTAXES: readonly Syntax[] = ['squirrelly', 'altcraft']
 
 export interface RenderContext {
@@ -57,7 +65,7 @@ export class ValueError extends Error {
   }
 }
 
-/** SQL produced by the renderer itself (IN-lists); the only thing emitted without literal(). */
+/** Text produced by the renderer itself (IN-lists, JSON value lists); the only thing emitted without literal(). */
 export class SqlFragment {
   constructor(readonly sql: string) {}
 }
@@ -206,13 +214,20 @@ export type SlotContext =
   | { kind: 'string' } // the whole of a template string literal; its quotes were removed
   | { kind: 'ident'; quote: IdentQuote } // the whole of a quoted identifier; its quotes were removed
   | { kind: 'inside'; quote: string } // part of a larger template string literal
+  | { kind: 'json' } // json dialect: a JSON value in the body
+  | { kind: 'path' } // json dialect: part of the request line, percent-encoded
 
-export function renderSlot(value: unknown, ctx: SlotContext, dialect: Dialect, what: string): string {
+export function renderSlot(value: unknown, ctx: SlotContext, dialect: TemplateDialect, what: string): string {
   try {
     if (value instanceof SqlFragment) {
-      if (ctx.kind !== 'bare') throw new TemplateError(`${what} produces a list of literals and cannot stand inside quotes`)
+      if (ctx.kind === 'path') throw new TemplateError(`${what} produces a list of values and cannot stand in the request line`)
+      if (ctx.kind !== 'bare' && ctx.kind !== 'json')
+        throw new TemplateError(`${what} produces a list of literals and cannot stand inside quotes`)
       return value.sql
     }
+    if (ctx.kind === 'json') return jsonValue(value)
+    if (ctx.kind === 'path') return pathValue(value)
+    if (dialect === 'json') throw new Error(`unreachable: an SQL context (${ctx.kind}) in a json template`)
     switch (ctx.kind) {
       case 'bare':
         return (ctx.space ? ' ' : '') + literal(value, dialect)
@@ -230,6 +245,74 @@ export function renderSlot(value: unknown, ctx: SlotContext, dialect: Dialect, w
       e.message = `${what}: ${e.message}`
     }
     throw e
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON values (the json dialect, src/render/json.ts)
+
+// Besides what RFC 8259 requires (", \ and controls), <, >, & and the JavaScript line
+// separators are escaped, so a body embedded in HTML or a script stays inert (`</script>`).
+const JSON_CARE = /["\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]/
+const JSON_EXTRA = /[<>&\u2028\u2029]/g
+
+export function jsonString(s: string): string {
+  if (!JSON_CARE.test(s)) return `"${s}"`
+  if (LONE_SURROGATE.test(s)) throw new ValueError('the string is not valid Unicode (lone surrogate)')
+  return JSON.stringify(s).replace(JSON_EXTRA, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0'))
+}
+
+/** A value as a JSON value; ValueError for what JSON cannot represent (NaN, Infinity, bytes, …). */
+export function jsonValue(value: unknown, depth = 0): string {
+  if (value === null || value === undefined) return 'null'
+  switch (typeof value) {
+    case 'string':
+      return jsonString(value)
+    case 'number':
+      if (!Number.isFinite(value)) throw new ValueError(`${value} has no JSON form`)
+      return String(value)
+    case 'bigint':
+      return value.toString()
+    case 'boolean':
+      return value ? 'true' : 'false'
+    case 'object': {
+      if (depth > 100) throw new ValueError('the value is nested more than 100 levels deep')
+      if (value instanceof Date) {
+        if (Number.isNaN(value.getTime())) throw new ValueError('the date is invalid')
+        return `"${value.toISOString()}"`
+      }
+      if (ArrayBuffer.isView(value))
+        throw new ValueError("binary data (bytea) has no JSON form; encode it in the segment table, e.g. encode(col, 'base64')")
+      if (Array.isArray(value)) return '[' + value.map((v) => jsonValue(v, depth + 1)).join(',') + ']'
+      const parts: string[] = []
+      for (const k of Object.keys(value)) {
+        const v = (value as Record<string, unknown>)[k]
+        if (v !== undefined) parts.push(jsonString(k) + ':' + jsonValue(v, depth + 1))
+      }
+      return '{' + parts.join(',') + '}'
+    }
+    default:
+      throw new ValueError(`a ${typeof value} has no JSON form`)
+  }
+}
+
+/**
+ * A value in the request line: its text, percent-encoded as a URI component, so it cannot add a
+ * path segment, a query parameter or a fragment. NULL, and a value that would be a `.` or `..`
+ * path segment (URL parsers resolve those, also when percent-encoded), are refused.
+ */
+export function pathValue(value: unknown): string {
+  if (value === null || value === undefined) throw new ValueError('a NULL cannot be part of the request path')
+  let text: string
+  if (typeof value === 'string') text = value
+  else if (value instanceof Date) text = value.toISOString()
+  else if (typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean') text = String(value)
+  else throw new ValueError('only text, numbers and dates can be part of the request path')
+  if (text === '.' || text === '..') throw new ValueError(`"${text}" would be a dot segment of the request path`)
+  try {
+    return encodeURIComponent(text)
+  } catch {
+    throw new ValueError('the string is not valid Unicode (lone surrogate)')
   }
 }
 

@@ -1,4 +1,5 @@
-// Squirrelly 8 templates whose every interpolation is written as an SQL literal.
+// Squirrelly 8 templates whose every interpolation is written as an SQL literal (or, for the json
+// dialect, as a JSON value: json.ts).
 //
 // Data: it = { segment_id, segment_name, audience, version (a BigInt), batch }. Batch members resolve properties
 // like altcraft fields: exact column name first, then a unique case-insensitive match, and
@@ -14,6 +15,8 @@
 // Filters:
 //   {{ it.batch | in("hash_email") }}   'a', 'b', 'c' for IN (…); NULL for an empty batch
 //   {{ it.some_array | in }}            the array's items as literals
+// In the json dialect the same filter gives the inside of a JSON array ("ids": [{{ it.batch |
+// in("id") }}], [] when empty), and {{ lead }} or {{ it.batch }} whole members as JSON objects.
 //
 // How values stay literals: before Squirrelly sees the template, every {{ … }} gets a final
 // hidden filter `| __sql(n)`, n naming the placeholder's SQL context (bare, a whole quoted
@@ -22,6 +25,7 @@
 // execute tags ({{! … }}) are refused because they would splice text unescaped.
 // Squirrelly templates are JavaScript and run in-process: only trusted users may write them.
 import * as Sqrl from 'squirrelly'
+import { analyzeJson } from './json.js'
 import { analyze, type Piece } from './lexer.js'
 import {
   fieldValue,
@@ -30,9 +34,9 @@ import {
   TemplateError,
   templateError,
   ValueError,
-  type Dialect,
   type RenderContext,
   type SlotContext,
+  type TemplateDialect,
 } from './literals.js'
 
 type SqrlConfig = ReturnType<typeof Sqrl.getConfig>
@@ -209,7 +213,7 @@ function fromSqrl(e: unknown): TemplateError {
   )
 }
 
-export function compileSquirrelly(source: string, dialect: Dialect): { fields: string[]; render(ctx: RenderContext): string } {
+export function compileSquirrelly(source: string, dialect: TemplateDialect): { fields: string[]; render(ctx: RenderContext): string } {
   const fail = (at: number, problem: string, fix: string): never => {
     throw templateError(source, at, problem, fix)
   }
@@ -219,11 +223,11 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
   const inList = (arr: unknown, field?: unknown) => {
     if (!Array.isArray(arr)) throw new TemplateError('in(…) expects an array, such as it.batch')
     if (field !== undefined && typeof field !== 'string') throw new TemplateError('in(…) takes a column name string, e.g. in("email")')
-    const bare = { kind: 'bare', space: false } as const
+    const item: SlotContext = dialect === 'json' ? { kind: 'json' } : { kind: 'bare', space: false }
     const items = arr.map((m: Record<string, unknown>) =>
-      renderSlot(field === undefined ? m : fieldValue(m, field), bare, dialect, field ?? 'in()'),
+      renderSlot(field === undefined ? m : fieldValue(m, field), item, dialect, field ?? 'in()'),
     )
-    return new SqlFragment(items.length ? items.join(', ') : 'NULL')
+    return new SqlFragment(items.length ? items.join(', ') : dialect === 'json' ? '' : 'NULL')
   }
   let interps = 0
   const verify = (nodes: AstNode[]) => {
@@ -316,15 +320,25 @@ export function compileSquirrelly(source: string, dialect: Dialect): { fields: s
   checkAst(ast, tags, fail)
 
   // 3. Decide each placeholder's SQL context, then rewrite the template accordingly.
-  const analysis = analyze(pieces, dialect, source)
+  const analysis =
+    dialect === 'json'
+      ? { contexts: analyzeJson(pieces, source), texts: pieces.map((p) => (p.kind === 'text' ? p.text : '')) }
+      : analyze(pieces, dialect, source)
   contexts = analysis.contexts
-  for (const l of listSlots)
-    if (contexts[l.slot]!.kind !== 'bare')
+  for (const l of listSlots) {
+    if (contexts[l.slot]!.kind === 'path')
+      fail(
+        l.at,
+        `${l.text} produces a list of values and cannot stand in the request line`,
+        'use it in the body: "ids": [{{ it.batch | in("id") }}]',
+      )
+    if (contexts[l.slot]!.kind !== 'bare' && contexts[l.slot]!.kind !== 'json')
       fail(
         l.at,
         `${l.text} produces a list of literals and cannot stand inside quotes`,
         'write IN ({{ it.batch | in("column") }}) without quotes',
       )
+  }
   let rewritten = ''
   let slot = 0
   pieces.forEach((p, i) => {

@@ -1,11 +1,26 @@
+import type pg from 'pg'
 import { SegmenterError } from '../errors.js'
 import type { Dialect } from '../render/index.js'
 import { openClickhouseSink } from './clickhouse.js'
+import { openHttpSink } from './http.js'
 import { openMysqlSink } from './mysql.js'
 import { openPostgresSink } from './postgres.js'
 import type { Sink } from './sink.js'
 
-type Open = (url: string, dialect: Dialect, home: string, options: { checkpointTable?: string; lanes?: number }) => Promise<Sink>
+/** What a sink may need besides its URL: the consumer, the sidecar's environment and the home pool. */
+export interface OpenContext {
+  consumer: ConsumerRow
+  env: NodeJS.ProcessEnv
+  pool: pg.Pool
+}
+
+type Open = (
+  url: string,
+  dialect: Dialect,
+  home: string,
+  options: { checkpointTable?: string; lanes?: number },
+  context: OpenContext,
+) => Promise<Sink>
 
 /**
  * The consumer kinds. `transactional`: a batch's statements and its checkpoint commit together, so
@@ -17,6 +32,17 @@ const KINDS: Record<string, { open: Open; transactional: boolean }> = {
   mysql: { open: openMysqlSink, transactional: true },
   postgres: { open: openPostgresSink, transactional: true },
   clickhouse: { open: openClickhouseSink, transactional: false },
+  http: {
+    open: (url, dialect, home, _, { consumer, env, pool }) =>
+      openHttpSink(url, dialect, home, {
+        pool,
+        env,
+        options: consumer.options,
+        consumerId: consumer.consumer_id,
+        consumerName: consumer.name,
+      }),
+    transactional: false,
+  },
 }
 
 /**
@@ -24,7 +50,13 @@ const KINDS: Record<string, { open: Open; transactional: boolean }> = {
  * already hold an add from an attempt whose checkpoint it never confirmed: the replay, read as a
  * longer window, could cancel that add against a later remove and leave the target's row behind.
  */
-export const compactsWindows = (consumer: Pick<ConsumerRow, 'kind'>): boolean => KINDS[consumer.kind]?.transactional ?? true
+export const compactsWindows = (consumer: Pick<ConsumerRow, 'kind'>): boolean => isTransactional(consumer)
+
+/**
+ * Whether a batch and its checkpoint commit together in the target. Where they do not, what is sent
+ * is recorded at home before it is sent, and replayed as it was (deliver/journal.ts).
+ */
+export const isTransactional = (consumer: Pick<ConsumerRow, 'kind'>): boolean => KINDS[consumer.kind]?.transactional ?? true
 
 export type { Checkpoint, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
 export { compareCheckpoints, DEFAULT_LANES, FencedError, isFenced, isLockConflict, isTransient } from './sink.js'
@@ -49,12 +81,12 @@ export const consumerFingerprint = (consumer: ConsumerRow, env: NodeJS.ProcessEn
  * Open the sink a consumer row describes; its URL comes from the environment variable it names.
  * `home` names the home database in the target's checkpoint rows.
  */
-export async function openSink(consumer: ConsumerRow, home: string, env: NodeJS.ProcessEnv = process.env): Promise<Sink> {
+export async function openSink(consumer: ConsumerRow, home: string, env: NodeJS.ProcessEnv, pool: pg.Pool): Promise<Sink> {
   const url = env[consumer.dsn_env]
   if (!url) {
     // Not an outage: retrying cannot help until the sidecar's environment has it.
     throw new SegmenterError('CONFIG_INVALID', `consumer ${consumer.name}: environment variable ${consumer.dsn_env} is not set`, {
-      hint: `export ${consumer.dsn_env}=mysql://user:password@host:3306/db (or postgres://..., http://user:password@host:8123/db for ClickHouse) in the sidecar's environment and restart it, or point the consumer at another variable with segmenter.create_consumer`,
+      hint: `export ${consumer.dsn_env}=mysql://user:password@host:3306/db (or postgres://..., http://user:password@host:8123/db for ClickHouse, https://host/path for an http consumer) in the sidecar's environment and restart it, or point the consumer at another variable with segmenter.create_consumer`,
     })
   }
   const options = {
@@ -64,8 +96,9 @@ export async function openSink(consumer: ConsumerRow, home: string, env: NodeJS.
   const kind = KINDS[consumer.kind]
   if (!kind) throw new SegmenterError('CONFIG_INVALID', `consumer ${consumer.name}: unknown kind ${consumer.kind}`)
   try {
-    return await kind.open(url, consumer.dialect, home, options)
+    return await kind.open(url, consumer.dialect, home, options, { consumer, env, pool })
   } catch (err) {
+    if (err instanceof SegmenterError && err.code === 'CONFIG_INVALID') throw err
     throw new SegmenterError('SINK_UNREACHABLE', `consumer ${consumer.name}: cannot connect: ${(err as Error).message}`, { cause: err })
   }
 }

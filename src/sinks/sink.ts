@@ -61,6 +61,11 @@ export interface Sink {
    * group rather than its first batch at once.
    */
   readonly groupsBatches?: boolean
+  /**
+   * Whether each statement starts with its batch's request id on a line of its own (journal.ts
+   * withRequestId): an HTTP receiver gets it as webhook-id and Idempotency-Key.
+   */
+  readonly identifiesRequests?: boolean
   /** How many transactions may be open at once (the consumer's `lanes` option). */
   readonly lanes: number
   /**
@@ -280,8 +285,10 @@ function body(statements: string[]): string[] {
  * Anything else is the target rejecting the statement: the batch is split to isolate the row.
  */
 export function isTransient(err: unknown): boolean {
-  const e = err as { code?: string; errno?: number; fatal?: boolean; clickhouseCode?: number }
+  const e = err as { code?: string; errno?: number; fatal?: boolean; clickhouseCode?: number; httpTransient?: boolean }
   if (e?.fatal) return true
+  // HTTP (http.ts HttpError): no answer, 408, 429, 5xx.
+  if (typeof e?.httpTransient === 'boolean') return e.httpTransient
   // ClickHouse (clickhouse.ts ClickhouseError): the server's overload and availability codes.
   if (typeof e?.clickhouseCode === 'number') return CLICKHOUSE_TRANSIENT.has(e.clickhouseCode)
   const code = e?.code ?? ''

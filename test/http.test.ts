@@ -1,0 +1,261 @@
+// HTTP delivery through the whole pipeline into a webhook receiver on loopback (test/harness/
+// receiver.ts, a fake that holds the client to the Standard Webhooks contract: the real services
+// are outside). What each acceptance item of the HTTP target asks, against a real home Postgres:
+// faults (503s, 429 with Retry-After, kill -9), a rejected member, hostile strings, 410, the
+// shared rate limit.
+import assert from 'node:assert/strict'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { dirname, join, resolve } from 'node:path'
+import { test } from 'node:test'
+import { fileURLToPath } from 'node:url'
+import { freshPg, type FreshPg } from './harness/db.js'
+import { SEGMENT_DDL } from './harness/fixtures.js'
+import { startReceiver, type Receiver, type ReceiverOptions } from './harness/receiver.js'
+import { startTestSidecar } from './harness/sidecar.js'
+import { deferrer, until } from './harness/wait.js'
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+const template = (name: string) => readFileSync(join(repo, 'templates', 'http', `${name}.json`), 'utf8')
+const SECRET = 'whsec_' + randomBytes(32).toString('base64')
+
+interface World {
+  home: FreshPg
+  receiver: Receiver
+  env: NodeJS.ProcessEnv
+  segmentId: string
+}
+
+/** A home with a segment, an http consumer signing with SECRET, a subscription with the default templates. */
+async function world(
+  defer: ReturnType<typeof deferrer>,
+  opts: { receiver?: ReceiverOptions; batchSize?: number; consumerOptions?: Record<string, unknown>; add?: string } = {},
+): Promise<World> {
+  const home = await freshPg()
+  defer(() => home.close())
+  const receiver = await startReceiver({ secret: SECRET, ...opts.receiver })
+  defer(() => receiver.close())
+  await home.query(SEGMENT_DDL)
+  const [{ id }] = await home.query(`select segmenter.create_segment('crm', 'public.test_segment') as id`)
+  await home.query(`select segmenter.create_consumer('hook', 'http', 'json', 'HOOK_URL', $1)`, [
+    JSON.stringify({ signing_secret_env: 'HOOK_SECRET', ...opts.consumerOptions }),
+  ])
+  await home.query(
+    `select segmenter.create_subscription(name => 'sub', consumer => 'hook', segments => array['crm'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => $2, batch_size => $3, batch_timeout => '200 ms')`,
+    [opts.add ?? template('add'), template('remove'), opts.batchSize ?? 1000],
+  )
+  return { home, receiver, env: { ...process.env, HOOK_URL: `${receiver.url}/hooks`, HOOK_SECRET: SECRET }, segmentId: id }
+}
+
+/** What the receiver applied: per accepted webhook-id its event and members, in acceptance order. */
+function applied(receiver: Receiver) {
+  return receiver.accepted().map((a) => {
+    const body = JSON.parse(a.body) as { event: string; members: Array<{ id: string }> }
+    return { id: a.id, at: a.at, event: body.event, members: body.members.map((m) => m.id) }
+  })
+}
+
+/**
+ * Every member added exactly once and every removed one removed exactly once, over the distinct
+ * webhook-ids accepted; each member's add accepted before its remove; every retry byte-identical
+ * and no Retry-After cut short.
+ */
+function assertExactlyOnce(receiver: Receiver, members: number, removed: (g: number) => boolean) {
+  const adds = new Map<string, number>()
+  const removes = new Map<string, number>()
+  const addedAt = new Map<string, number>()
+  for (const a of applied(receiver)) {
+    for (const m of a.members) {
+      const seen = a.event === 'add' ? adds : removes
+      seen.set(m, (seen.get(m) ?? 0) + 1)
+      if (a.event === 'add') addedAt.set(m, a.at)
+      else assert.ok((addedAt.get(m) ?? Infinity) <= a.at, `member ${m}: its add was accepted before its remove`)
+    }
+  }
+  assert.equal(adds.size, members, 'every member added')
+  assert.deepEqual(
+    [...adds.values()].filter((n) => n !== 1),
+    [],
+    'each member added once over the distinct webhook-ids',
+  )
+  const wantRemoved = Array.from({ length: members }, (_, i) => i + 1)
+    .filter(removed)
+    .map((g) => `m${g}`)
+  assert.deepEqual([...removes.keys()].sort(), wantRemoved.sort(), 'the removed members, each removed')
+  assert.deepEqual(
+    [...removes.values()].filter((n) => n !== 1),
+    [],
+    'each removed once',
+  )
+  assert.deepEqual(
+    receiver.violations,
+    [],
+    'no retry differed from its first attempt, no Retry-After was cut short, every signature verified',
+  )
+}
+
+const FAULTS: ReceiverOptions = { failFirst: 0.2, rateLimit: 0.03, retryAfterSeconds: 1 }
+
+test('100,000 members in batches of 1,000 through 503s and 429s with Retry-After: every member exactly once over distinct webhook-ids, adds before removes, retries byte-identical', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { receiver: FAULTS })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, retryBaseMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [w.segmentId])
+  await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
+  await until(
+    'caught up',
+    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
+    180_000,
+  )
+  const requests = w.receiver.requests
+  const retried = requests.filter((r) => r.attempt > 1).length
+  const limited = requests.filter((r) => r.status === 429).length
+  const failed = requests.filter((r) => r.status === 503).length
+  t.diagnostic(
+    `${requests.length} requests, ${w.receiver.accepted().length} accepted ids, ${failed} answered 503, ${limited} answered 429, ${retried} retries`,
+  )
+  assert.ok(failed > 10 && limited > 0, 'the faults happened')
+  assertExactlyOnce(w.receiver, 100_000, (g) => g % 10 === 0)
+  // Signed as Standard Webhooks say, with the id also as Idempotency-Key.
+  for (const r of requests) assert.equal(r.headers['idempotency-key'], r.headers['webhook-id'])
+  const [{ n }] = await w.home.query(`select count(*)::int as n from segmenter.in_flight`)
+  assert.equal(n, 0, 'nothing left unconfirmed')
+})
+
+test('kill -9 of the sidecar three times during that delivery: the same result, duplicates only with an already-seen webhook-id', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { receiver: FAULTS })
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [w.segmentId])
+  await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
+  const run = (): ChildProcess =>
+    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+      cwd: repo,
+      env: { ...w.env, DATABASE_URL: w.home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0', SEGMENTER_POLL_INTERVAL_MS: '100' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    })
+  const membersAccepted = () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0)
+  for (const threshold of [10_000, 40_000, 70_000]) {
+    const child = run()
+    const exited = new Promise((r) => child.once('exit', r))
+    defer(async () => void child.kill('SIGKILL'))
+    await until(`${threshold} members accepted`, async () => membersAccepted() >= threshold, 120_000)
+    child.kill('SIGKILL')
+    await exited
+  }
+  const child = run()
+  defer(async () => void child.kill('SIGKILL'))
+  await until(
+    'caught up',
+    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
+    180_000,
+  )
+  const ids = w.receiver.requests.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.id)
+  t.diagnostic(`${ids.length} requests accepted for ${new Set(ids).size} distinct webhook-ids`)
+  assert.ok(membersAccepted() < 110_000 * 2, 'the kills did not start the delivery over')
+  assertExactlyOnce(w.receiver, 100_000, (g) => g % 10 === 0)
+  child.kill('SIGTERM')
+})
+
+test('a receiver that rejects one member with 400: it is dead-lettered with the response, all others delivered, replay works once it is accepted', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { receiver: { rejectMembers: ['m137'] }, batchSize: 100 })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 1000) g`, [w.segmentId])
+  await until('caught up', async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0)
+  const members = () => applied(w.receiver).flatMap((a) => a.members)
+  assert.equal(members().length, 999)
+  assert.ok(!members().includes('m137'))
+  const dead = await w.home.query(`select member_id, error, statement from segmenter.dead_letters`)
+  assert.equal(dead.length, 1)
+  assert.equal(dead[0].member_id, 'm137')
+  assert.match(dead[0].error, /HTTP 400/)
+  assert.match(dead[0].error, /member m137 is rejected/, 'the response body is kept')
+  w.receiver.setOptions({ rejectMembers: [] })
+  await w.home.query(`select segmenter.replay_dead_letters('sub')`)
+  await until('the replayed member arrives', async () => members().includes('m137'))
+  assert.equal(members().length, 1000)
+  assert.deepEqual(w.receiver.violations, [])
+})
+
+test('hostile strings arrive as the exact JSON strings', async (t) => {
+  const defer = deferrer(t)
+  const add = `{"event": "add", "members": [{for $i, $m = $batch}{"id": {$m.id}, "custom": {$m.customid}}{autocomma}{end}]}`
+  const w = await world(defer, { add })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  const hostile = [
+    `it's "quoted"`,
+    'back\\slash\\',
+    'line\nbreak\r\ttab',
+    'emoji 🎉 and 𝄞',
+    '</script><script>alert(1)</script>',
+    '{segment_id} {{it.batch}} {$lead.id} ${x}',
+    '\u0001\u001f\u007f\u2028\u2029',
+    '',
+  ]
+  // (NUL cannot be in Postgres text, so no member value holds one.)
+  await w.home.query(
+    `insert into test_segment (segment_id, id, customid) select $1, 'h' || i, v from unnest($2::text[]) with ordinality as u(v, i)`,
+    [w.segmentId, hostile],
+  )
+  await until('delivered', async () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0) === hostile.length)
+  const got = new Map<string, string>()
+  for (const a of w.receiver.accepted()) for (const m of JSON.parse(a.body).members) got.set(m.id, m.custom)
+  hostile.forEach((h, i) => assert.equal(got.get(`h${i + 1}`), h, `value ${JSON.stringify(h)}`))
+  const raw = w.receiver
+    .accepted()
+    .map((a) => a.body)
+    .join('')
+  assert.ok(!raw.includes('</script>'), 'no literal </script> in the body (escaped as \\u003c)')
+})
+
+test('410 Gone holds the subscription with the reason; resume after the receiver is back delivers the rest', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { receiver: { gone: true } })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 50) g`, [w.segmentId])
+  await until('held', async () => (await w.home.query(`select error_kind from segmenter.status`))[0].error_kind === 'configuration')
+  const [s] = await w.home.query(`select last_error, error_hint, pending_changes::int as pending from segmenter.status`)
+  assert.match(s.last_error, /HTTP 410/)
+  assert.match(s.error_hint, /segmenter\.resume\('sub'\)/)
+  assert.equal(s.pending, 50)
+  const [{ n }] = await w.home.query(`select count(*)::int as n from segmenter.dead_letters`)
+  assert.equal(n, 0, 'nothing dead-lettered: the endpoint was gone, not the members wrong')
+  w.receiver.setOptions({ gone: false })
+  await w.home.query(`select segmenter.resume('sub')`)
+  await until('delivered after resume', async () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0) === 50)
+})
+
+test('the rate limit holds across two sidecars: requests per second measured at the receiver', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { batchSize: 10, consumerOptions: { rate_per_second: 10 } })
+  // A second subscription of the same consumer: the bucket is the consumer's, shared by both.
+  await w.home.query(
+    `select segmenter.create_subscription(name => 'sub2', consumer => 'hook', segments => array['crm'], syntax => 'altcraft',
+       add_sql => $1, remove_sql => $2, batch_size => 10)`,
+    [template('add'), template('remove')],
+  )
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 400) g`, [w.segmentId])
+  for (let i = 0; i < 2; i++) await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 50, env: w.env }, defer)
+  // 2 subscriptions × 40 batches of 10 = 80 requests at 10/s: about 8 s.
+  await until('both delivered', async () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0) === 800, 60_000)
+  const times = w.receiver.requests.map((r) => r.at).sort((a, b) => a - b)
+  /** The most requests that arrived within any window of `ms`. */
+  const busiest = (ms: number) => {
+    let most = 0
+    for (let i = 0, j = 0; i < times.length; i++) {
+      while (j < times.length && times[j]! - times[i]! < ms) j++
+      most = Math.max(most, j - i)
+    }
+    return most
+  }
+  const seconds = (times[times.length - 1]! - times[0]!) / 1000
+  t.diagnostic(`${times.length} requests in ${seconds.toFixed(1)} s; at most ${busiest(1000)} in any second, ${busiest(5000)} in any 5 s`)
+  // Tokens are granted 100 ms apart at home; the way from there to the receiver (a sidecar's event
+  // loop, the request) varies by tens of ms on a loaded machine, so a one-second window may catch
+  // one or two more (a bucket that held a second's worth let 20 through in one second).
+  assert.ok(busiest(1000) <= 12, `about the rate (10/s) in any 1 s window: ${busiest(1000)}`)
+  assert.ok(busiest(5000) <= 52, `the rate over any 5 s: ${busiest(5000)}`)
+  assert.ok(seconds >= 7.5, `80 requests spaced 100 ms apart take about 7.9 s: ${seconds}`)
+})
