@@ -421,4 +421,44 @@ begin
 end $$;
 comment on function segmenter._take_token is 'Private. Sidecar, before each request to a consumer: 0 when a request may go now (a token of the per-second and per-minute buckets is taken), else the milliseconds to wait before asking again. Shared by every sidecar through a row lock; call it outside a transaction so the lock is held only for the call.';
 
+-- ---------------------------------------------------------------------------------------------
+-- What the target answered, in the log
+-- ---------------------------------------------------------------------------------------------
+
+-- A batch's log row may carry what the target said besides ok/error: an HTTP receiver's status
+-- ({"http_status": 202, "attempts": 2}). An argument more, so the functions are made again (a
+-- second signature beside the old one would make named calls ambiguous).
+drop function segmenter.record_batch(bigint, bigint, int, segmenter.event, uuid, int, bigint, float8, boolean, text);
+create function segmenter.record_batch(
+  subscription_id bigint, cursor_pos bigint, cursor_ord int, event segmenter.event, segment_id uuid, statements int, rows bigint,
+  duration_ms float8, ok boolean, error text default null, detail jsonb default null
+) returns void
+language plpgsql as $$ -- plpgsql, not sql: its plans are cached across calls (4 ms -> 1 ms a batch)
+begin
+  update segmenter.subscriptions s set cursor_pos = record_batch.cursor_pos, cursor_ord = record_batch.cursor_ord
+  where s.subscription_id = record_batch.subscription_id
+    and (s.cursor_pos, s.cursor_ord) < (record_batch.cursor_pos, record_batch.cursor_ord);
+  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok, error, detail)
+  values ('batch', record_batch.subscription_id, record_batch.segment_id, record_batch.event,
+          record_batch.statements, record_batch.rows, record_batch.duration_ms, record_batch.ok, record_batch.error, record_batch.detail);
+end $$;
+comment on function segmenter.record_batch is 'Sidecar: record a delivered (ok) or failed batch in segmenter.log (detail: what the target answered, e.g. {"http_status": 200}) and advance the subscription''s cursor.';
+
+drop function segmenter.record_batches(bigint, bigint, int, uuid[], segmenter.event[], int[], bigint[], float8[]);
+create function segmenter.record_batches(
+  subscription_id bigint, cursor_pos bigint, cursor_ord int, segment_ids uuid[], events segmenter.event[], statements int[],
+  rows bigint[], duration_ms float8[], details jsonb[] default null
+) returns void
+language plpgsql as $$
+begin
+  update segmenter.subscriptions s set cursor_pos = record_batches.cursor_pos, cursor_ord = record_batches.cursor_ord
+  where s.subscription_id = record_batches.subscription_id
+    and (s.cursor_pos, s.cursor_ord) < (record_batches.cursor_pos, record_batches.cursor_ord);
+  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok, detail)
+  select 'batch', record_batches.subscription_id, b.segment_id, b.event, b.statements, b.rows, b.duration_ms, true, b.detail
+  from unnest(segment_ids, events, statements, rows, duration_ms, coalesce(details, array_fill(null::jsonb, array[cardinality(events)])))
+    as b (segment_id, event, statements, rows, duration_ms, detail);
+end $$;
+comment on function segmenter.record_batches is 'Sidecar: record several delivered batches in segmenter.log (arrays, one element per batch; details: what the target answered) and advance the subscription''s cursor.';
+
 insert into segmenter.migrations (id, name) values (12, '0012_http') on conflict do nothing;

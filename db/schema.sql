@@ -2808,48 +2808,49 @@ $$;
 COMMENT ON FUNCTION segmenter.readiness(segment text) IS 'Is an auto segment ready to refresh, and if not, why: every source has a load marker (segmenter.mark_loaded) its last successful refresh did not see, and ready_sql (if set) returns true.';
 
 --
--- Name: record_batch(bigint, bigint, integer, segmenter.event, uuid, integer, bigint, double precision, boolean, text); Type: FUNCTION; Schema: segmenter; Owner: -
+-- Name: record_batch(bigint, bigint, integer, segmenter.event, uuid, integer, bigint, double precision, boolean, text, jsonb); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
-CREATE FUNCTION segmenter.record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text DEFAULT NULL::text) RETURNS void
+CREATE FUNCTION segmenter.record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text DEFAULT NULL::text, detail jsonb DEFAULT NULL::jsonb) RETURNS void
     LANGUAGE plpgsql
     AS $$ -- plpgsql, not sql: its plans are cached across calls (4 ms -> 1 ms a batch)
 begin
   update segmenter.subscriptions s set cursor_pos = record_batch.cursor_pos, cursor_ord = record_batch.cursor_ord
   where s.subscription_id = record_batch.subscription_id
     and (s.cursor_pos, s.cursor_ord) < (record_batch.cursor_pos, record_batch.cursor_ord);
-  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok, error)
+  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok, error, detail)
   values ('batch', record_batch.subscription_id, record_batch.segment_id, record_batch.event,
-          record_batch.statements, record_batch.rows, record_batch.duration_ms, record_batch.ok, record_batch.error);
+          record_batch.statements, record_batch.rows, record_batch.duration_ms, record_batch.ok, record_batch.error, record_batch.detail);
 end $$;
 
 --
--- Name: FUNCTION record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text); Type: COMMENT; Schema: segmenter; Owner: -
+-- Name: FUNCTION record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text, detail jsonb); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter.record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text) IS 'Sidecar: record a delivered (ok) or failed batch in segmenter.log and advance the subscription''s cursor.';
+COMMENT ON FUNCTION segmenter.record_batch(subscription_id bigint, cursor_pos bigint, cursor_ord integer, event segmenter.event, segment_id uuid, statements integer, rows bigint, duration_ms double precision, ok boolean, error text, detail jsonb) IS 'Sidecar: record a delivered (ok) or failed batch in segmenter.log (detail: what the target answered, e.g. {"http_status": 200}) and advance the subscription''s cursor.';
 
 --
--- Name: record_batches(bigint, bigint, integer, uuid[], segmenter.event[], integer[], bigint[], double precision[]); Type: FUNCTION; Schema: segmenter; Owner: -
+-- Name: record_batches(bigint, bigint, integer, uuid[], segmenter.event[], integer[], bigint[], double precision[], jsonb[]); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
-CREATE FUNCTION segmenter.record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[]) RETURNS void
+CREATE FUNCTION segmenter.record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[], details jsonb[] DEFAULT NULL::jsonb[]) RETURNS void
     LANGUAGE plpgsql
     AS $$
 begin
   update segmenter.subscriptions s set cursor_pos = record_batches.cursor_pos, cursor_ord = record_batches.cursor_ord
   where s.subscription_id = record_batches.subscription_id
     and (s.cursor_pos, s.cursor_ord) < (record_batches.cursor_pos, record_batches.cursor_ord);
-  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok)
-  select 'batch', record_batches.subscription_id, b.segment_id, b.event, b.statements, b.rows, b.duration_ms, true
-  from unnest(segment_ids, events, statements, rows, duration_ms) as b (segment_id, event, statements, rows, duration_ms);
+  insert into segmenter.log (kind, subscription_id, segment_id, event, statements, rows, duration_ms, ok, detail)
+  select 'batch', record_batches.subscription_id, b.segment_id, b.event, b.statements, b.rows, b.duration_ms, true, b.detail
+  from unnest(segment_ids, events, statements, rows, duration_ms, coalesce(details, array_fill(null::jsonb, array[cardinality(events)])))
+    as b (segment_id, event, statements, rows, duration_ms, detail);
 end $$;
 
 --
--- Name: FUNCTION record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[]); Type: COMMENT; Schema: segmenter; Owner: -
+-- Name: FUNCTION record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[], details jsonb[]); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter.record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[]) IS 'Sidecar: record several delivered batches in segmenter.log (arrays, one element per batch) and advance the subscription''s cursor.';
+COMMENT ON FUNCTION segmenter.record_batches(subscription_id bigint, cursor_pos bigint, cursor_ord integer, segment_ids uuid[], events segmenter.event[], statements integer[], rows bigint[], duration_ms double precision[], details jsonb[]) IS 'Sidecar: record several delivered batches in segmenter.log (arrays, one element per batch; details: what the target answered) and advance the subscription''s cursor.';
 
 --
 -- Name: record_refresh_wait(text, timestamp with time zone, text); Type: FUNCTION; Schema: segmenter; Owner: -

@@ -208,7 +208,13 @@ program
     if (o.json) return print(previews, true)
     for (const pv of previews) {
       console.log(`-- ${pv.subscription}: segment ${pv.segment}, ${pv.members} member(s), dialect ${pv.dialect}, version ${pv.version}`)
-      for (const [event, sql] of Object.entries(pv.statements)) if (sql !== null) console.log(`-- ${event}\n${sql}\n`)
+      for (const [event, sql] of Object.entries(pv.statements)) {
+        const request = pv.requests?.[event]
+        if (request) {
+          const headers = Object.entries(request.headers).map(([k, v]) => `${k}: ${v}\n`)
+          console.log(`-- ${event}\n${request.method} ${request.url}\n${headers.join('')}\n${request.body}\n`)
+        } else if (sql !== null) console.log(`-- ${event}\n${sql}\n`)
+      }
     }
   })
 

@@ -4,6 +4,7 @@ import type pg from 'pg'
 import { positionVersion, type PendingEvent } from './batch.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { compileTemplate, type Dialect } from './render/index.js'
+import { httpConsumerOptions, maskSecret, parseRequest, requestUrl } from './http-request.js'
 import { loadMemberRows, loadSegments, membersOf } from './read.js'
 
 export interface Preview {
@@ -14,13 +15,50 @@ export interface Preview {
   /** The `version` rendered: the one a batch starting right after the subscription's cursor carries. */
   version: string
   statements: Record<string, string | null>
+  /** An http consumer's: each template's request as it would be sent (secrets masked). */
+  requests?: Record<string, PreviewRequest | null>
+}
+
+export interface PreviewRequest {
+  method: string
+  url: string
+  headers: Record<string, string>
+  body: string
+}
+
+/**
+ * The request an http consumer would send for a rendered template: the URL from the consumer's
+ * variable in this environment (else named), extra header values masked, the signature headers
+ * described (they are made at send time).
+ */
+function previewRequest(
+  rendered: string,
+  consumer: { dsn_env: string; options: Record<string, unknown> },
+  env = process.env,
+): PreviewRequest {
+  const options = httpConsumerOptions(consumer.options)
+  const { method, path, body } = parseRequest(rendered, options.method)
+  const base = env[consumer.dsn_env]
+  const url = base ? requestUrl(base, path) : `$${consumer.dsn_env}${path}`
+  const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': 'msg_… (the batch id)' }
+  for (const [name, variable] of Object.entries(options.headers)) {
+    const value = env[variable]
+    headers[name] = value === undefined ? `(from $${variable}: not set here)` : maskSecret(value)
+  }
+  if (options.signingSecretEnv !== null) {
+    headers['webhook-id'] = 'msg_… (the batch id)'
+    headers['webhook-timestamp'] = '(the time of sending)'
+    headers['webhook-signature'] = `v1,… (signed with $${options.signingSecretEnv} when sent)`
+  }
+  return { method, url, headers, body }
 }
 
 export async function previewSubscription(pool: pg.Pool, subscription: string, sampleSize = 3): Promise<Preview[]> {
   const { rows } = await pool
-    .query(`select s.*, c.dialect from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.name = $1`, [
-      subscription,
-    ])
+    .query(
+      `select s.*, c.dialect, c.kind, c.dsn_env, c.options from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.name = $1`,
+      [subscription],
+    )
     .catch((err: unknown) => {
       throw fromPgError(err)
     })
@@ -53,14 +91,17 @@ export async function previewSubscription(pool: pg.Pool, subscription: string, s
       const source: string | null = sub[key]
       statements[key.replace(/_sql$/, '')] = source === null ? null : compileTemplate(source, sub.syntax, sub.dialect).render(ctx)
     }
-    previews.push({
+    const preview: Preview = {
       subscription,
       segment: segment.name,
       dialect: sub.dialect,
       members: batch.length,
       version: version.toString(),
       statements,
-    })
+    }
+    if (sub.kind === 'http')
+      preview.requests = Object.fromEntries(Object.entries(statements).map(([k, v]) => [k, v === null ? null : previewRequest(v, sub)]))
+    previews.push(preview)
   }
   return previews
 }

@@ -40,7 +40,8 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
     if (isTransient(error) || isFenced(error) || isGone(error)) throw error
     return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
-  await recordSuccess(round, batch, performance.now() - started, statement === null ? 0 : 1)
+  const answer = statement === null ? undefined : sink.answerTo?.(statement)
+  await recordSuccess(round, batch, performance.now() - started, statement === null ? 0 : 1, answer)
 }
 
 /** Whether the batch's (one) member has a row of its own: read from the segment table or captured. */

@@ -160,6 +160,7 @@ export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: S
       'replayed an unconfirmed send as recorded',
     )
     const ms = (performance.now() - started) / row.events.length
+    let k = 0 // the statement of batch i, where it has one
     await recordBatches(
       { ctx, sub },
       row.events.map((event, i) => ({
@@ -169,6 +170,7 @@ export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: S
         through: to,
         statements: row.statement_counts[i]!,
         ms,
+        detail: row.statement_counts[i] ? sink.answerTo?.(row.statements[k++]!) : undefined,
       })),
     )
     at = to

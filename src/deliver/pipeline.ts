@@ -150,6 +150,7 @@ export async function deliverRun(
           through: batch.through,
           statements: statement === null ? 0 : 1,
           ms,
+          detail: statement === null ? undefined : sink.answerTo?.(statement),
         })
       }
       if (done.length >= RECORD_EVERY) {

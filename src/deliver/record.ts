@@ -17,6 +17,8 @@ export interface Delivered {
   through: Checkpoint
   statements: number
   ms: number
+  /** What the target answered (Sink.answerTo), if it says more than ok. */
+  detail?: Record<string, unknown>
 }
 
 /**
@@ -41,7 +43,8 @@ export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, do
   if (!last) return
   await ctx.pool.query(
     `select segmenter.record_batches(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, segment_ids => $4::uuid[],
-       events => $5::segmenter.event[], statements => $6::int[], rows => $7::bigint[], duration_ms => $8::float8[])`,
+       events => $5::segmenter.event[], statements => $6::int[], rows => $7::bigint[], duration_ms => $8::float8[],
+       details => $9::jsonb[])`,
     [
       sub.subscription_id,
       last.through.pos.toString(),
@@ -51,6 +54,7 @@ export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, do
       done.map((d) => d.statements),
       done.map((d) => d.rows),
       done.map((d) => d.ms),
+      done.some((d) => d.detail) ? done.map((d) => (d.detail ? JSON.stringify(d.detail) : null)) : null,
     ],
   )
 }
@@ -59,12 +63,12 @@ export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, do
 async function recordBatch(
   { ctx, sub }: Pick<Round, 'ctx' | 'sub'>,
   batch: Batch,
-  r: { to: Checkpoint; ok: boolean; ms: number; statements: number; error: string | null },
+  r: { to: Checkpoint; ok: boolean; ms: number; statements: number; error: string | null; detail?: Record<string, unknown> },
 ): Promise<void> {
   ctx.onBatch?.(sub, batch, r.ok, r.ms)
   await ctx.pool.query(
     `select segmenter.record_batch(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, event => $4::segmenter.event,
-       segment_id => $5::uuid, statements => $6, rows => $7, duration_ms => $8, ok => $9, error => $10)`,
+       segment_id => $5::uuid, statements => $6, rows => $7, duration_ms => $8, ok => $9, error => $10, detail => $11::jsonb)`,
     [
       sub.subscription_id,
       r.to.pos.toString(),
@@ -76,17 +80,24 @@ async function recordBatch(
       r.ms,
       r.ok,
       r.error,
+      r.detail ? JSON.stringify(r.detail) : null,
     ],
   )
 }
 
 /** The target committed the batch (with `statements` statements, 0 or 1) in `ms`. */
-export const recordSuccess = (round: Round, batch: Batch, ms: number, statements: number) =>
-  recordBatch(round, batch, { to: batch.through, ok: true, ms, statements, error: null })
+export const recordSuccess = (round: Round, batch: Batch, ms: number, statements: number, detail?: Record<string, unknown>) =>
+  recordBatch(round, batch, { to: batch.through, ok: true, ms, statements, error: null, detail })
+
+/** What an error says of the target's answer, for the log row (an HTTP status). */
+const answerIn = (error: unknown): Record<string, unknown> | undefined => {
+  const status = (error as { httpStatus?: number })?.httpStatus
+  return typeof status === 'number' ? { http_status: status } : undefined
+}
 
 /** The target rejected the batch's member, now dead-lettered; its checkpoint has passed it. */
 export const recordRejected = (round: Round, batch: Batch, error: unknown) =>
-  recordBatch(round, batch, { to: batch.through, ok: false, ms: 0, statements: 0, error: message(error) })
+  recordBatch(round, batch, { to: batch.through, ok: false, ms: 0, statements: 0, error: message(error), detail: answerIn(error) })
 
 /** The target went away during the batch: an error, and the home cursor stays; it is sent again. */
 export const recordRetry = (round: Round, batch: Batch, error: unknown) =>
@@ -96,6 +107,7 @@ export const recordRetry = (round: Round, batch: Batch, error: unknown) =>
     ms: 0,
     statements: 0,
     error: message(error),
+    detail: answerIn(error),
   })
 
 /** Log a round that failed before any batch (the target unreachable), so sync_stats counts it. */

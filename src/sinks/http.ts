@@ -125,6 +125,8 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
   // end of what the receiver last accepted (the cursor follows when the batch is recorded).
   const at = new Map<string, Checkpoint>()
   const inFlight = new Set<AbortController>()
+  // Per request id, what the receiver answered it, until the batch's log row takes it (answerTo).
+  const answers = new Map<string, { http_status: number; attempts: number }>()
 
   /** Wait for a token of the consumer's bucket, shared with every sidecar (segmenter._take_token). */
   const takeToken = async () => {
@@ -136,8 +138,8 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     }
   }
 
-  /** One attempt: the answer, or an HttpError. */
-  const attempt = async (id: string, method: string, target: string, body: string): Promise<void> => {
+  /** One attempt: the status of a 2xx answer, or an HttpError. */
+  const attempt = async (id: string, method: string, target: string, body: string): Promise<number> => {
     if (limited) await takeToken()
     const h: Record<string, string> = { ...headers, 'content-type': 'application/json', 'idempotency-key': id }
     if (signer) {
@@ -162,7 +164,7 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     }
     // Read whatever came, so the connection can be reused; only the start of it is kept.
     const text = await response.text().catch(() => '')
-    if (response.ok) return
+    if (response.ok) return response.status
     const status = response.status
     const transient = status === 408 || status === 429 || status >= 500
     const cut = text.length > ERROR_BODY_CHARS ? `${text.slice(0, ERROR_BODY_CHARS)}… (${text.length} chars)` : text
@@ -181,7 +183,8 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     const target = requestUrl(url, path)
     for (let n = 1; ; n++) {
       try {
-        return await attempt(id, method, target, body)
+        answers.set(id, { http_status: await attempt(id, method, target, body), attempts: n })
+        return
       } catch (err) {
         const e = err as HttpError
         if (!(e instanceof HttpError) || !e.httpTransient || n >= ATTEMPTS) throw err
@@ -216,6 +219,12 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     // off the critical path.
     groupsBatches: false,
     identifiesRequests: true,
+    answerTo(statement) {
+      const { id } = splitRecorded(statement)
+      const answer = answers.get(id)
+      answers.delete(id)
+      return answer
+    },
     checkpoint: readCheckpoint,
     lastCommitted: (syncKey) => at.get(syncKey) ?? null,
     async apply(statements, syncKey, to) {

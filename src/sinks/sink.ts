@@ -66,6 +66,11 @@ export interface Sink {
    * withRequestId): an HTTP receiver gets it as webhook-id and Idempotency-Key.
    */
   readonly identifiesRequests?: boolean
+  /**
+   * What the target answered to a statement it accepted, for the batch's log row (HTTP: the
+   * status and the attempts it took); read once, then forgotten.
+   */
+  answerTo?(statement: string): Record<string, unknown> | undefined
   /** How many transactions may be open at once (the consumer's `lanes` option). */
   readonly lanes: number
   /**
