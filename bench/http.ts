@@ -9,6 +9,7 @@
 // time, from the commit (the bench's clock) to the request's arrival at the receiver (its clock:
 // one machine, performance.timeOrigin + now() in both). Peak RSS (VmHWM) of the sidecar.
 // Usage: node --import tsx bench/http.ts [members=1000000] [batch=10000] [rounds=3] [latency_commits=200]
+//        (BENCH_SIDECAR_NODE_ARGS: node options for the sidecar, e.g. --cpu-prof)
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -143,7 +144,9 @@ async function pipelineRound(r: number) {
   return { commitMs, drainMs, cpuMs }
 }
 
-const sidecar: ChildProcess = spawn(process.execPath, ['bin/segmenter.js', 'run'], {
+// BENCH_SIDECAR_NODE_ARGS: node options for the sidecar alone (e.g. --cpu-prof --cpu-prof-dir=/tmp/prof).
+const sidecarArgs = process.env.BENCH_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? []
+const sidecar: ChildProcess = spawn(process.execPath, [...sidecarArgs, 'bin/segmenter.js', 'run'], {
   cwd: ROOT,
   env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
   stdio: ['ignore', 'ignore', 'inherit'],

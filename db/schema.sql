@@ -1171,27 +1171,28 @@ $$;
 COMMENT ON FUNCTION segmenter._record_failure(subscription_id bigint, error text) IS 'Private. Sidecar: log a delivery round that failed before any batch (the target unreachable or its checkpoint unreadable).';
 
 --
--- Name: _record_sending(bigint, bigint, integer, bigint, integer, text, text[], uuid[], segmenter.event[], bigint[], integer[]); Type: FUNCTION; Schema: segmenter; Owner: -
+-- Name: _record_sending(bigint, bigint, integer, bigint, integer, text, text, integer[], uuid[], segmenter.event[], bigint[], integer[]); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
-CREATE FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) RETURNS void
+CREATE FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text, statement_lengths integer[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) RETURNS void
     LANGUAGE sql
     AS $$
   delete from segmenter.in_flight f
   where f.subscription_id = _record_sending.subscription_id
     and (f.from_pos, f.from_ord) >= (_record_sending.from_pos, _record_sending.from_ord);
-  insert into segmenter.in_flight (subscription_id, from_pos, from_ord, to_pos, to_ord, request_id, statements, segment_ids, events, rows,
-                                  statement_counts)
+  insert into segmenter.in_flight (subscription_id, from_pos, from_ord, to_pos, to_ord, request_id, statements, statement_lengths,
+                                  segment_ids, events, rows, statement_counts)
   values (_record_sending.subscription_id, _record_sending.from_pos, _record_sending.from_ord, _record_sending.to_pos,
-          _record_sending.to_ord, _record_sending.request_id, _record_sending.statements, _record_sending.segment_ids,
+          _record_sending.to_ord, _record_sending.request_id, _record_sending.statements, _record_sending.statement_lengths,
+          _record_sending.segment_ids,
           _record_sending.events, _record_sending.rows, _record_sending.statement_counts);
 $$;
 
 --
--- Name: FUNCTION _record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]); Type: COMMENT; Schema: segmenter; Owner: -
+-- Name: FUNCTION _record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text, statement_lengths integer[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) IS 'Private. Sidecar: record what is about to be sent to a target without transactions (segmenter.in_flight), replacing what was recorded from the same checkpoint on.';
+COMMENT ON FUNCTION segmenter._record_sending(subscription_id bigint, from_pos bigint, from_ord integer, to_pos bigint, to_ord integer, request_id text, statements text, statement_lengths integer[], segment_ids uuid[], events segmenter.event[], rows bigint[], statement_counts integer[]) IS 'Private. Sidecar: record what is about to be sent to a target without transactions (segmenter.in_flight), replacing what was recorded from the same checkpoint on.';
 
 --
 -- Name: _refresh_lock(uuid); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -3567,7 +3568,8 @@ CREATE TABLE segmenter.in_flight (
     to_pos bigint NOT NULL,
     to_ord integer NOT NULL,
     request_id text NOT NULL,
-    statements text[] NOT NULL,
+    statements text NOT NULL,
+    statement_lengths integer[] NOT NULL,
     segment_ids uuid[] NOT NULL,
     events segmenter.event[] NOT NULL,
     rows bigint[] NOT NULL,
@@ -3576,6 +3578,7 @@ CREATE TABLE segmenter.in_flight (
     CONSTRAINT in_flight_check CHECK ((ROW(to_pos, to_ord) > ROW(from_pos, from_ord))),
     CONSTRAINT in_flight_check1 CHECK (((cardinality(segment_ids) = cardinality(events)) AND (cardinality(events) = cardinality(rows)) AND (cardinality(rows) = cardinality(statement_counts))))
 );
+ALTER TABLE ONLY segmenter.in_flight ALTER COLUMN statements SET STORAGE EXTERNAL;
 
 --
 -- Name: TABLE in_flight; Type: COMMENT; Schema: segmenter; Owner: -

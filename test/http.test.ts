@@ -193,10 +193,12 @@ test('a receiver that rejects one member with 400: it is dead-lettered with the 
   assert.deepEqual(w.receiver.violations, [])
 })
 
-test('hostile strings arrive as the exact JSON strings', async (t) => {
+test('hostile strings arrive as the exact JSON strings, also when replayed from the journal after timeouts', async (t) => {
   const defer = deferrer(t)
   const add = `{"event": "add", "members": [{for $i, $m = $batch}{"id": {$m.id}, "custom": {$m.customid}}{autocomma}{end}]}`
-  const w = await world(defer, { add })
+  // The receiver holds its answers at first: every attempt times out, the round gives up after
+  // five, and the next round sends the request again from segmenter.in_flight.
+  const w = await world(defer, { add, receiver: { stallMs: Infinity }, consumerOptions: { timeout_ms: 300 } })
   await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
   const hostile = [
     `it's "quoted"`,
@@ -213,7 +215,13 @@ test('hostile strings arrive as the exact JSON strings', async (t) => {
     `insert into test_segment (segment_id, id, customid) select $1, 'h' || i, v from unnest($2::text[]) with ordinality as u(v, i)`,
     [w.segmentId, hostile],
   )
-  await until('delivered', async () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0) === hostile.length)
+  await until('a second round replayed the request', async () => w.receiver.requests.length > 5)
+  const [{ n }] = await w.home.query(`select count(*)::int as n from segmenter.in_flight`)
+  assert.equal(n, 1, 'the unconfirmed send is recorded')
+  w.receiver.setOptions({ stallMs: 0 })
+  await until('delivered', async () => w.receiver.requests.some((r) => r.answered))
+  assert.deepEqual(w.receiver.violations, [], 'every attempt, replays included, byte-identical to the first')
+  assert.equal(new Set(w.receiver.requests.map((r) => r.id)).size, 1, 'one webhook-id for every attempt')
   const got = new Map<string, string>()
   for (const a of w.receiver.accepted()) for (const m of JSON.parse(a.body).members) got.set(m.id, m.custom)
   hostile.forEach((h, i) => assert.equal(got.get(`h${i + 1}`), h, `value ${JSON.stringify(h)}`))

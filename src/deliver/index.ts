@@ -140,8 +140,11 @@ export async function deliverSubscription(
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
       const round: Round = { ctx, sink, sub, segments, members, logRows }
       // A full window means more is waiting: read it while this one is applied. Not for windows
-      // of big batches: they amortize their own read, and a second one would double the memory.
-      if (pending.length === window && window <= READ_AHEAD_MAX_EVENTS) {
+      // of big batches whose member rows were read: they amortize their own read, and a second
+      // one would double the memory. A window without rows (templates that print only ids) is its
+      // events alone, a few MB at 100,000: without the read ahead, HTTP in batches of 10,000 sent
+      // nothing while each window was read, rendered and recorded (0.38x raw fetch, 2026-12-01).
+      if (pending.length === window && (window <= READ_AHEAD_MAX_EVENTS || rowCount(members) === 0)) {
         const end = plan.flush[plan.flush.length - 1]!
         ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window, columnsOf)
       }
@@ -201,6 +204,8 @@ export async function deliverSubscription(
     if (recordError !== undefined && failure === undefined) throw recordError
   }
 }
+
+const rowCount = (members: Round['members']) => [...members.values()].reduce((n, rows) => n + rows.size, 0)
 
 const goneHint = (sub: SubscriptionRow) =>
   `the receiver answered 410 Gone: the endpoint or audience no longer exists there. Point the consumer at the right URL (segmenter.create_consumer) or drop the subscription; then select segmenter.resume('${sub.name}'). Nothing was skipped: delivery resumes where it stopped`

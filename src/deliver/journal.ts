@@ -42,7 +42,7 @@ export async function sendsFrom(sink: Sink, syncKey: string): Promise<Checkpoint
 }
 
 /** Record the send of `batches` (their `statements`, in order) from `from` to `to`. */
-async function recordSending(
+export async function recordSending(
   { ctx, sub }: Pick<Round, 'ctx' | 'sub'>,
   from: Checkpoint,
   to: Checkpoint,
@@ -51,8 +51,8 @@ async function recordSending(
 ): Promise<void> {
   await ctx.pool.query(
     `select segmenter._record_sending(subscription_id => $1, from_pos => $2, from_ord => $3, to_pos => $4, to_ord => $5,
-       request_id => $6, statements => $7::text[], segment_ids => $8::uuid[], events => $9::segmenter.event[], rows => $10::bigint[],
-       statement_counts => $11::int[])`,
+       request_id => $6, statements => $7, statement_lengths => $8::int[], segment_ids => $9::uuid[], events => $10::segmenter.event[],
+       rows => $11::bigint[], statement_counts => $12::int[])`,
     [
       sub.subscription_id,
       from.pos.toString(),
@@ -60,7 +60,8 @@ async function recordSending(
       to.pos.toString(),
       to.ord,
       requestId(sub.sync_key, from, to),
-      statements,
+      statements.join(''),
+      statements.map((st) => st.length),
       batches.map((b) => b.batch.segmentId),
       batches.map((b) => b.batch.event),
       batches.map((b) => b.batch.events.length),
@@ -119,11 +120,18 @@ interface InFlightRow {
   from_ord: number
   to_pos: string
   to_ord: number
-  statements: string[]
+  statements: string
+  statement_lengths: number[]
   segment_ids: string[]
   events: Batch['event'][]
   rows: string[]
   statement_counts: number[]
+}
+
+/** The statements of a recorded send, as they were before they were joined. */
+function splitStatements(row: Pick<InFlightRow, 'statements' | 'statement_lengths'>): string[] {
+  let at = 0
+  return row.statement_lengths.map((n) => row.statements.slice(at, (at += n)))
 }
 
 /**
@@ -135,7 +143,7 @@ interface InFlightRow {
 export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, from: Checkpoint): Promise<Checkpoint> {
   if (!journals(sub)) return from
   const { rows } = await ctx.pool.query<InFlightRow>(
-    `select from_pos, from_ord, to_pos, to_ord, statements, segment_ids, events::text[] as events, rows, statement_counts
+    `select from_pos, from_ord, to_pos, to_ord, statements, statement_lengths, segment_ids, events::text[] as events, rows, statement_counts
      from segmenter.in_flight where subscription_id = $1 and (from_pos, from_ord) >= ($2, $3) order by from_pos, from_ord`,
     [sub.subscription_id, from.pos.toString(), from.ord],
   )
@@ -143,9 +151,10 @@ export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: S
   for (const row of rows) {
     if (BigInt(row.from_pos) !== at.pos || row.from_ord !== at.ord) break // not a continuation of what the target holds
     const to = { pos: BigInt(row.to_pos), ord: row.to_ord }
+    const statements = splitStatements(row)
     const started = performance.now()
     try {
-      await sink.apply(row.statements, sub.sync_key, to)
+      await sink.apply(statements, sub.sync_key, to)
     } catch (error) {
       if (isTransient(error) || isFenced(error)) throw error
       ctx.log.warn(
@@ -170,7 +179,7 @@ export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: S
         through: to,
         statements: row.statement_counts[i]!,
         ms,
-        detail: row.statement_counts[i] ? sink.answerTo?.(row.statements[k++]!) : undefined,
+        detail: row.statement_counts[i] ? sink.answerTo?.(statements[k++]!) : undefined,
       })),
     )
     at = to

@@ -3,7 +3,7 @@
 import { MEMBER_EVENTS, type Batch } from '../batch.js'
 import { isFenced, isLockConflict, isTransient, type OpenTransaction } from '../sinks/index.js'
 import { isGone } from '../sinks/http.js'
-import { applyRecorded, beginRecorded, journals, sendsFrom } from './journal.js'
+import { beginRecorded, journals, recordSending, sendsFrom } from './journal.js'
 import { queueLogRows, type Delivered } from './record.js'
 import { renderBatch, type Round } from './round.js'
 
@@ -88,10 +88,26 @@ export async function deliverRun(
     }
     return group
   }
+  const journaling = sentThrough !== null
+  /** The next group, taken from `ready`; on one lane its send is recorded now (journal.ts). */
+  const formGroup = () => {
+    const group = nextGroup()
+    const statements = group.flatMap((g) => (g.statement === null ? [] : [g.statement]))
+    const through = group[group.length - 1]!.batch.through
+    const sent = group.map((g) => ({ batch: g.batch, statements: g.statement === null ? 0 : 1 }))
+    const from = sentThrough
+    sentThrough = through
+    const recorded = journaling && lanes === 1 ? recordSending(round, from!, through, statements, sent) : null
+    recorded?.catch(() => {}) // awaited before the send
+    return { group, statements, through, sent, from, recorded }
+  }
+  // On one lane, the next group formed and its send recorded while the head is still on its way,
+  // so that the record does not wait for the head, nor the next send for the record.
+  let formed: ReturnType<typeof formGroup> | null = null
   try {
     for (;;) {
       while (open.length < lanes && !shouldStop()) {
-        if (ready.length === 0) {
+        if (ready.length === 0 && !formed) {
           const rendered = renderNext()
           if (!rendered) break
           ready.push(rendered)
@@ -103,15 +119,12 @@ export async function deliverRun(
             ready.push(more)
           }
         }
-        const group = nextGroup()
-        const statements = group.flatMap((g) => (g.statement === null ? [] : [g.statement]))
-        const through = group[group.length - 1]!.batch.through
-        const sent = group.map((g) => ({ batch: g.batch, statements: g.statement === null ? 0 : 1 }))
+        const { group, statements, through, sent, from, recorded } = formed ?? formGroup()
+        formed = null
         const tx =
           lanes === 1
-            ? committedAtOnce(applyRecorded(round, sentThrough, statements, through, sent))
-            : beginRecorded(round, sentThrough, statements, through, sent)
-        sentThrough = through
+            ? committedAtOnce(sendAfter(recorded, () => sink.apply(statements, sub.sync_key, through)))
+            : beginRecorded(round, from, statements, through, sent)
         const entry = { group, tx, started: performance.now(), settled: false }
         // Awaited in order below; meanwhile it tells the rendering below to stop.
         tx.executed.then(
@@ -131,6 +144,7 @@ export async function deliverRun(
         if (!rendered) break
         ready.push(rendered)
       }
+      if (journaling && lanes === 1 && !formed && ready.length > 0 && !shouldStop()) formed = formGroup()
       try {
         await head.tx.executed
         await head.tx.commit(sub.sync_key, head.group[head.group.length - 1]!.batch.through)
@@ -178,6 +192,12 @@ interface Rendered {
   batch: Batch
   statement: string | null
   bytes: number
+}
+
+/** `send` once `recorded` (the journal's record of it, if any) is written. */
+async function sendAfter(recorded: Promise<void> | null, send: () => Promise<void>): Promise<void> {
+  await recorded
+  await send()
 }
 
 /** One lane: statements, checkpoint and COMMIT in one round trip (`executed`), so nothing stays open. */

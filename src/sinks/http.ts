@@ -195,7 +195,14 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     }
   }
   const sendAll = async (statements: string[]) => {
-    for (const s of statements) await send(s)
+    try {
+      for (const s of statements) await send(s)
+    } catch (err) {
+      if (err instanceof HttpError) throw err
+      // Not the receiver's answer: a fault here must not pass for a rejection (which would
+      // dead-letter every member); the round is retried and the error shown in status.
+      throw new HttpError(`http sink: ${(err as Error)?.message ?? err}`, 0, true, null, err)
+    }
   }
 
   const readCheckpoint = async (syncKey: string): Promise<TargetCheckpoint> => {
