@@ -306,3 +306,22 @@ test('preview shows each request: method, URL, headers with secrets masked, body
   assert.match(add.headers['webhook-signature']!, /HOOK_SECRET/)
   assert.equal(preview!.requests!.remove!.method, 'POST')
 })
+
+test('max_in_flight 4: requests overlap at the receiver, still every member exactly once and in order per member', async (t) => {
+  const defer = deferrer(t)
+  // Each answer held 100 ms: on one lane no two requests could arrive within 100 ms of each other.
+  const w = await world(defer, { receiver: { ...FAULTS, stallMs: 100 }, batchSize: 250, consumerOptions: { max_in_flight: 4 } })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, retryBaseMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 10000) g`, [w.segmentId])
+  await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
+  await until(
+    'caught up',
+    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
+    120_000,
+  )
+  const arrivals = w.receiver.requests.map((r) => r.at).sort((a, b) => a - b)
+  const overlapping = arrivals.filter((at, i) => i > 0 && at - arrivals[i - 1]! < 100).length
+  t.diagnostic(`${arrivals.length} requests, ${overlapping} arrived while another was in flight`)
+  assert.ok(overlapping > arrivals.length / 2, 'requests were in flight together')
+  assertExactlyOnce(w.receiver, 10_000, (g) => g % 10 === 0)
+})
