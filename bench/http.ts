@@ -144,8 +144,13 @@ async function pipelineRound(r: number) {
   return { commitMs, drainMs, cpuMs }
 }
 
-// BENCH_SIDECAR_NODE_ARGS: node options for the sidecar alone (e.g. --cpu-prof --cpu-prof-dir=/tmp/prof).
-const sidecarArgs = process.env.BENCH_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? []
+// The launcher's own heap flags (its shebang line), as users run it; BENCH_SIDECAR_NODE_ARGS adds
+// node options for the sidecar alone (e.g. --cpu-prof --cpu-prof-dir=/tmp/prof).
+const launcherFlags = readFileSync(new URL('../bin/segmenter.js', import.meta.url), 'utf8')
+  .split('\n')[0]!
+  .split(' ')
+  .filter((f) => f.startsWith('--'))
+const sidecarArgs = [...launcherFlags, ...(process.env.BENCH_SIDECAR_NODE_ARGS?.split(' ').filter(Boolean) ?? [])]
 const sidecar: ChildProcess = spawn(process.execPath, [...sidecarArgs, 'bin/segmenter.js', 'run'], {
   cwd: ROOT,
   env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
