@@ -35,8 +35,15 @@ const FAULTS: Array<{ fault: string; test: RegExp }> = [
   { fault: 'ClickHouse: kill -9 ×4 (effectively once)', test: /^kill -9 of the sidecar four times during a 100,000-member delivery/ },
   { fault: 'ClickHouse: kill -9, replays as recorded', test: /^kill -9 while batches are unconfirmed/ },
   { fault: 'ClickHouse stopped for 30 s', test: /^ClickHouse stopped for 30 s/ },
+  { fault: 'HTTP: kill -9 ×3 through 503s and 429s', test: /^kill -9 of the sidecar three times during that delivery/ },
 ]
-const FILES = ['test/resilience.test.ts', 'test/faults.test.ts', 'test/delivery_restart.test.ts', 'test/clickhouse_faults.test.ts']
+const FILES = [
+  'test/resilience.test.ts',
+  'test/faults.test.ts',
+  'test/delivery_restart.test.ts',
+  'test/clickhouse_faults.test.ts',
+  'test/http.test.ts',
+]
 
 interface Outcome {
   ok: boolean

@@ -5,7 +5,6 @@
 // carry the version of its first attempt (an `attempts` log in a plain MergeTree keeps every
 // attempt's rows, which ReplacingMergeTree would merge away).
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { test } from 'node:test'
@@ -14,6 +13,7 @@ import { statementsOf } from '../src/sinks/clickhouse.js'
 import { freshClickhouse, freshClickhouseServer, freshPg, type FreshClickhouse } from './harness/db.js'
 import { SEGMENT_DDL } from './harness/fixtures.js'
 import { startTestSidecar } from './harness/sidecar.js'
+import { sidecarProcess } from './harness/spawn.js'
 import { deferrer, sleep, until } from './harness/wait.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
@@ -45,19 +45,7 @@ test('kill -9 of the sidecar four times during a 100,000-member delivery: after 
   )
   await home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [id])
   const delivered = async () => Number((await target.query('SELECT uniqExact(member_id) AS n FROM attempts'))[0].n)
-  const run = (): ChildProcess =>
-    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-      cwd: repo,
-      env: {
-        ...process.env,
-        DATABASE_URL: home.url,
-        CH_URL: target.url,
-        SEGMENTER_LOG_LEVEL: 'warn',
-        SEGMENTER_POLL_INTERVAL_MS: '100',
-        SEGMENTER_HTTP_PORT: '0',
-      },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    })
+  const run = () => sidecarProcess({ DATABASE_URL: home.url, CH_URL: target.url, SEGMENTER_POLL_INTERVAL_MS: '100' })
   let kills = 0
   for (const threshold of [5_000, 25_000, 45_000, 65_000]) {
     const child = run()
@@ -167,12 +155,7 @@ INSERT INTO attempts (member_id, version, customid) VALUES {for $i, $lead = $bat
   await home.query(`insert into test_segment (segment_id, id, customid) select $1, 'm' || g, 'first' from generate_series(1, 30000) g`, [
     id,
   ])
-  const run = (): ChildProcess =>
-    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-      cwd: repo,
-      env: { ...process.env, DATABASE_URL: home.url, CH_URL: target.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    })
+  const run = () => sidecarProcess({ DATABASE_URL: home.url, CH_URL: target.url })
   const attempts = async () => Number((await target.query('SELECT count() AS n FROM attempts'))[0].n)
   /** (member, version) pairs written more than once, and those written with more than one attribute value. */
   const replays = async () => {

@@ -4,7 +4,6 @@
 // faults (503s, 429 with Retry-After, kill -9), a rejected member, hostile strings, 410, the
 // shared rate limit.
 import assert from 'node:assert/strict'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
@@ -16,6 +15,7 @@ import { freshPg, type FreshPg } from './harness/db.js'
 import { SEGMENT_DDL } from './harness/fixtures.js'
 import { startReceiver, type Receiver, type ReceiverOptions } from './harness/receiver.js'
 import { startTestSidecar } from './harness/sidecar.js'
+import { sidecarProcess } from './harness/spawn.js'
 import { deferrer, until } from './harness/wait.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
@@ -141,12 +141,7 @@ test('kill -9 of the sidecar three times during that delivery: the same result, 
   const w = await world(defer, { receiver: FAULTS })
   await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [w.segmentId])
   await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
-  const run = (): ChildProcess =>
-    spawn(process.execPath, ['bin/segmenter.js', 'run'], {
-      cwd: repo,
-      env: { ...w.env, DATABASE_URL: w.home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0', SEGMENTER_POLL_INTERVAL_MS: '100' },
-      stdio: ['ignore', 'ignore', 'inherit'],
-    })
+  const run = () => sidecarProcess({ ...w.env, DATABASE_URL: w.home.url, SEGMENTER_POLL_INTERVAL_MS: '100' })
   const membersAccepted = () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0)
   for (const threshold of [10_000, 40_000, 70_000]) {
     const child = run()

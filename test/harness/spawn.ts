@@ -1,5 +1,6 @@
 // Child processes the tests run to completion: the CLI, npm, tar. Output is collected, never shown.
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 
 export interface Run {
   code: number | null
@@ -27,4 +28,15 @@ export function run(
 /** The CLI of this checkout (or of the one in `checkout`, run from there), never through npx; HTTP on a free port. */
 export function cli(args: string[], env: NodeJS.ProcessEnv, checkout = '.'): Promise<Run> {
   return run(process.execPath, ['bin/segmenter.js', ...args], { cwd: checkout, env: { SEGMENTER_HTTP_PORT: '0', ...env } })
+}
+
+/**
+ * `segmenter run` of this checkout as a child process, the way fault tests kill it (never through
+ * npx: a killed npx leaves npm's lock behind); warnings to the test's stderr, HTTP on a free port.
+ */
+export function sidecarProcess(env: NodeJS.ProcessEnv): ChildProcess {
+  return spawn(process.execPath, [fileURLToPath(new URL('../../bin/segmenter.js', import.meta.url)), 'run'], {
+    env: { ...process.env, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0', ...env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  })
 }
