@@ -1,20 +1,28 @@
 // Capture overhead: INSERT of N current members and UPDATE of N (actual_end = now()) into a
 // segment table with capture triggers (registered, with an active subscription) versus the same
 // table unregistered, in one run, alternating the order each round to cancel drift.
+// Besides wall time, each timed statement's CPU of the bench's own Postgres server (its backends
+// and background processes, /proc) and the machine's steal are recorded: on a shared machine the
+// CPU ratios are the steadier reading (other processes' load lengthens wall time, not this CPU).
 // Usage: node --import tsx bench/capture.ts [members=1000000] [rounds=3]
-import { benchDatabase, median, round, timed } from './common.js'
+import { benchDatabase, cpuByKind, median, postmasterPid, round, serverCpuMs, timed } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const rounds = Number(process.argv[3] ?? 3)
 const db = await benchDatabase()
 const q = (sql: string) => db.pool.query(sql)
 
+// Autovacuum off on both tables: the UPDATE leaves N dead rows, and at 10M autovacuum took about
+// four minutes to clean them, through the other table's next timed INSERT and into its UPDATE (in
+// a round with plain first, the registered statements paid for it; the one-round 1.36x of
+// bench/results/2026-12-01-capture-10m.json). At 1M it was over in seconds.
 const ddl = (table: string) => `
   drop table if exists ${table};
   create table ${table} (
     segment_id uuid not null, id varchar null, hash_email varchar null, hash_phone varchar null,
     actual_begin timestamp not null default now(), actual_end timestamp not null default 'infinity',
-    processed timestamp not null default now(), constraint ${table}_id_key unique (id));
+    processed timestamp not null default now(), constraint ${table}_id_key unique (id))
+    with (autovacuum_enabled = false, toast.autovacuum_enabled = false);
   create index on ${table} using btree(id);`
 
 await q(ddl('bench_registered'))
@@ -32,6 +40,39 @@ const times = {
   insert: { plain: [] as number[], registered: [] as number[] },
   update: { plain: [] as number[], registered: [] as number[] },
 }
+const cpu = {
+  insert: { plain: [] as number[], registered: [] as number[] },
+  update: { plain: [] as number[], registered: [] as number[] },
+}
+const steal = {
+  insert: { plain: [] as number[], registered: [] as number[] },
+  update: { plain: [] as number[], registered: [] as number[] },
+}
+// The server's CPU is readable only for a server this bench started (not BENCH_DATABASE_URL).
+const serverCpu = db.dataDir ? () => serverCpuMs(postmasterPid(db.dataDir!)) : () => NaN
+const progress = (msg: string) => process.stderr.write(`[capture] ${new Date().toISOString().slice(11, 19)} ${msg}\n`)
+// Other autovacuum (segmenter.changes, the catalogs) is waited out before each timed statement.
+async function quiesce(): Promise<void> {
+  for (;;) {
+    const { rows } = await q(
+      `select count(*)::int as n from pg_stat_activity where backend_type = 'autovacuum worker' and datname = current_database()`,
+    )
+    if (rows[0].n === 0) return
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+async function measure(op: 'insert' | 'update', kind: 'plain' | 'registered', fn: () => Promise<unknown>): Promise<void> {
+  await quiesce()
+  const cpu0 = serverCpu()
+  const steal0 = cpuByKind().steal
+  times[op][kind].push(await timed(fn))
+  cpu[op][kind].push(serverCpu() - cpu0)
+  steal[op][kind].push(cpuByKind().steal - steal0)
+  const i = times[op][kind].length - 1
+  progress(
+    `${op} ${kind}: ${round(times[op][kind][i]!, 0)} ms, cpu ${round(cpu[op][kind][i]!, 0)} ms, steal ${round(steal[op][kind][i]!, 0)} ms`,
+  )
+}
 for (let r = 0; r < rounds; r++) {
   const order = r % 2 === 0 ? (['plain', 'registered'] as const) : (['registered', 'plain'] as const)
   for (const kind of order) {
@@ -42,12 +83,16 @@ for (let r = 0; r < rounds; r++) {
       await q('vacuum segmenter.changes')
     }
     await q('checkpoint')
-    times.insert[kind].push(await timed(() => insert(table)))
+    await measure('insert', kind, () => insert(table))
     await q(`vacuum analyze ${table}`)
     await q('checkpoint')
-    times.update[kind].push(await timed(() => update(table)))
+    await measure('update', kind, () => update(table))
   }
 }
+const rounded = (x: typeof times) =>
+  Object.fromEntries(
+    Object.entries(x).map(([op, v]) => [op, { plain: v.plain.map((t) => round(t, 0)), registered: v.registered.map((t) => round(t, 0)) }]),
+  )
 const captured = await q(
   `select event, sum(cardinality(ids))::bigint as n from segmenter.changes where subscription_id is null and ids is not null group by event order by event`,
 )
@@ -60,6 +105,15 @@ const report = {
   insert_ratio: round(median(times.insert.registered) / median(times.insert.plain), 2),
   update_ratio: round(median(times.update.registered) / median(times.update.plain), 2),
   target_ratio: 1.5,
+  // The bench server's CPU (ms, median) and the ratios of those medians.
+  insert_cpu_ms: { plain: round(median(cpu.insert.plain), 0), registered: round(median(cpu.insert.registered), 0) },
+  update_cpu_ms: { plain: round(median(cpu.update.plain), 0), registered: round(median(cpu.update.registered), 0) },
+  insert_cpu_ratio: round(median(cpu.insert.registered) / median(cpu.insert.plain), 2),
+  update_cpu_ratio: round(median(cpu.update.registered) / median(cpu.update.plain), 2),
+  // Every round's figures, in round order (wall ms, server CPU ms, machine steal ms).
+  all_ms: rounded(times),
+  all_cpu_ms: rounded(cpu),
+  all_steal_ms: rounded(steal),
   last_round_events: Object.fromEntries(captured.rows.map((r) => [r.event, Number(r.n)])),
 }
 console.log(JSON.stringify(report, null, 2))

@@ -3,8 +3,10 @@
 // subscription) versus the same refresh with capture disabled (`disable trigger user`), and versus
 // a naive refresh (delete every row, insert the new result) of the same table, with and without
 // capture. One run, rounds alternate the order; every timed run starts from the same table state.
+// Besides wall time, each timed run's CPU of the bench's own Postgres server (/proc) and the
+// machine's steal are recorded: on a shared machine the CPU ratio is the steadier reading.
 // Usage: node --import tsx bench/refresh.ts [members=1000000] [rounds=3]
-import { benchDatabase, median, round, timed } from './common.js'
+import { benchDatabase, cpuByKind, median, postmasterPid, round, serverCpuMs, timed } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const rounds = Number(process.argv[3] ?? 3)
@@ -13,11 +15,14 @@ const reenter = Math.round(members * 0.01)
 const db = await benchDatabase()
 const q = (sql: string, params?: unknown[]) => db.pool.query(sql, params)
 
-// The seed's table shape: unique (id) and an index on id.
+// The seed's table shape: unique (id) and an index on id. Autovacuum off (reset() vacuums): a
+// timed run must not overlap an autovacuum of the dead rows the run before left (bench/capture
+// at 10M had minutes of it).
 await q(`create table bench_seg (
   segment_id uuid not null, id varchar null, hash_email varchar null, hash_phone varchar null,
   actual_begin timestamp not null default now(), actual_end timestamp not null default 'infinity',
-  processed timestamp not null default now(), constraint bench_seg_id_key unique (id));
+  processed timestamp not null default now(), constraint bench_seg_id_key unique (id))
+  with (autovacuum_enabled = false, toast.autovacuum_enabled = false);
   create index on bench_seg using btree(id);`)
 await q('create table bench_src (id text, hash_email text, hash_phone text)')
 const segmentId: string = (
@@ -63,6 +68,19 @@ async function reset(): Promise<void> {
 type Variant = 'capture' | 'no_capture' | 'naive_capture' | 'naive_no_capture'
 const variants: Variant[] = ['capture', 'no_capture', 'naive_capture', 'naive_no_capture']
 const times: Record<Variant, number[]> = { capture: [], no_capture: [], naive_capture: [], naive_no_capture: [] }
+const cpu: Record<Variant, number[]> = { capture: [], no_capture: [], naive_capture: [], naive_no_capture: [] }
+const steal: Record<Variant, number[]> = { capture: [], no_capture: [], naive_capture: [], naive_no_capture: [] }
+// The server's CPU is readable only for a server this bench started (not BENCH_DATABASE_URL).
+const serverCpu = db.dataDir ? () => serverCpuMs(postmasterPid(db.dataDir!)) : () => NaN
+const progress = (msg: string) => process.stderr.write(`[refresh] ${new Date().toISOString().slice(11, 19)} ${msg}\n`)
+async function measure(v: Variant, fn: () => Promise<unknown>): Promise<void> {
+  const cpu0 = serverCpu()
+  const steal0 = cpuByKind().steal
+  times[v].push(await timed(fn))
+  cpu[v].push(serverCpu() - cpu0)
+  steal[v].push(cpuByKind().steal - steal0)
+  progress(`${v}: ${round(times[v].at(-1)!, 0)} ms, cpu ${round(cpu[v].at(-1)!, 0)} ms, steal ${round(steal[v].at(-1)!, 0)} ms`)
+}
 const naive = () =>
   q(`begin;
   delete from bench_seg where segment_id = '${segmentId}';
@@ -78,13 +96,11 @@ for (let r = 0; r < rounds; r++) {
     await reset()
     const capture = !v.endsWith('no_capture')
     if (!capture) await q('alter table bench_seg disable trigger user')
-    if (v.startsWith('naive')) times[v].push(await timed(naive))
+    if (v.startsWith('naive')) await measure(v, naive)
     else {
-      times[v].push(
-        await timed(async () => {
-          counts = (await q(`select segmenter.refresh('bench') as r`)).rows[0].r
-        }),
-      )
+      await measure(v, async () => {
+        counts = (await q(`select segmenter.refresh('bench') as r`)).rows[0].r
+      })
       if (counts.ok !== true) throw new Error(`refresh failed: ${JSON.stringify(counts)}`)
     }
     if (!capture) await q('alter table bench_seg enable trigger user')
@@ -113,11 +129,16 @@ console.log(
       naive_ms: { capture: ms('naive_capture'), no_capture: ms('naive_no_capture') },
       capture_ratio: round(median(times.capture) / median(times.no_capture), 2),
       target_ratio: 1.3,
+      // The bench server's CPU (ms, median), and the ratio of those medians.
+      refresh_cpu_ms: { capture: round(median(cpu.capture), 0), no_capture: round(median(cpu.no_capture), 0) },
+      capture_cpu_ratio: round(median(cpu.capture) / median(cpu.no_capture), 2),
       naive_vs_refresh: {
         with_capture: round(median(times.naive_capture) / median(times.capture), 2),
         without_capture: round(median(times.naive_no_capture) / median(times.no_capture), 2),
       },
       all_ms: Object.fromEntries(variants.map((v) => [v, times[v].map((x) => round(x, 0))])),
+      all_cpu_ms: Object.fromEntries(variants.map((v) => [v, cpu[v].map((x) => round(x, 0))])),
+      all_steal_ms: Object.fromEntries(variants.map((v) => [v, steal[v].map((x) => round(x, 0))])),
     },
     null,
     2,
