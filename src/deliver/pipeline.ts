@@ -173,6 +173,8 @@ export async function deliverRun(
     }
   } finally {
     await Promise.all(open.map((o) => o.tx.rollback()))
+    // A group recorded but not sent: its record lands before whatever is recorded next from here.
+    await formed?.recorded?.catch(() => {})
     queueLogRows(round, done)
   }
   if (failure !== undefined && lanes > 1 && isLockConflict(failure)) {
