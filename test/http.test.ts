@@ -320,3 +320,17 @@ test('max_in_flight 4: requests overlap at the receiver, still every member exac
   assert.ok(overlapping > arrivals.length / 2, 'requests were in flight together')
   assertExactlyOnce(w.receiver, 10_000, (g) => g % 10 === 0)
 })
+
+test('a signing secret the sidecar does not have holds the subscription with the variable to set; nothing is sent', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer)
+  const env = { ...w.env }
+  delete env.HOOK_SECRET
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) values ($1, 'm1')`, [w.segmentId])
+  await until('held', async () => (await w.home.query(`select error_kind from segmenter.status`))[0].error_kind === 'configuration')
+  const [s] = await w.home.query(`select last_error, error_hint from segmenter.status`)
+  assert.match(s.last_error, /signing_secret_env names HOOK_SECRET, which is not set/)
+  assert.match(s.error_hint, /export HOOK_SECRET=whsec_/)
+  assert.equal(w.receiver.requests.length, 0)
+})

@@ -28,6 +28,7 @@ const ERROR_BODY_CHARS = 2000
 const ATTEMPTS = 5
 const BACKOFF_BASE_MS = 200
 const BACKOFF_CAP_MS = 5_000
+const MAX_ANSWERS_KEPT = 10_000
 // A Retry-After longer than this is not slept through here: the round ends and the sidecar waits it.
 const RETRY_AFTER_INLINE_MAX_MS = 60_000
 
@@ -183,7 +184,10 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     const target = requestUrl(url, path)
     for (let n = 1; ; n++) {
       try {
-        answers.set(id, { http_status: await attempt(id, method, target, body), attempts: n })
+        const status = await attempt(id, method, target, body)
+        // Answers whose batch was never logged (its group failed later) must not pile up.
+        if (answers.size >= MAX_ANSWERS_KEPT) answers.clear()
+        answers.set(id, { http_status: status, attempts: n })
         return
       } catch (err) {
         const e = err as HttpError
