@@ -2,8 +2,9 @@
 // is pending after that, flush what is due as batches, each committed in the target together with
 // its checkpoint, then record it at home. The round is here; its parts have a module each: hold.ts
 // (error states, divergence), read-ahead.ts (planning and reading the next window), pipeline.ts
-// (runs of batches), isolate.ts (one batch, rejected rows split out and dead-lettered) and
-// record.ts (everything written home).
+// (runs of batches), isolate.ts (one batch, rejected rows split out and dead-lettered),
+// journal.ts (what a target without transactions is sent, recorded before and replayed as it was)
+// and record.ts (everything else written home).
 import { sequenceChanges } from '../api.js'
 import { SegmenterError } from '../errors.js'
 import { loadMemberRows, loadSegments, loadSubscription, readPending, type SubscriptionRow } from '../read.js'
