@@ -27,17 +27,23 @@ const finalIds = async (target: Pick<FreshClickhouse, 'query'>) =>
     (r) => r.m,
   )
 
-test('kill -9 of the sidecar four times during a 100,000-member delivery: after FINAL the target equals the segment; replays keep their version', async (t) => {
-  const defer = deferrer(t)
+/** A home with segment `name` and a ClickHouse consumer `ch`; the default schema in the target, and an `attempts` log (`columns`) that never merges rows away. */
+async function world(defer: ReturnType<typeof deferrer>, name: string, attempts: string, serverUrl?: string) {
   const home = await freshPg()
   defer(() => home.close())
-  const target = await freshClickhouse()
+  const target = await freshClickhouse(serverUrl)
   defer(() => target.close())
   for (const statement of statementsOf(read('schema'))) await target.exec(statement)
-  await target.exec('CREATE TABLE attempts (member_id String, version UInt64) ENGINE = MergeTree ORDER BY member_id')
+  await target.exec(`CREATE TABLE attempts (${attempts}) ENGINE = MergeTree ORDER BY member_id`)
   await home.query(SEGMENT_DDL)
-  const [{ id }] = await home.query(`select segmenter.create_segment('big', 'public.test_segment') as id`)
+  const [{ id }] = await home.query(`select segmenter.create_segment($1, 'public.test_segment') as id`, [name])
   await home.query(`select segmenter.create_consumer('ch', 'clickhouse', 'clickhouse', 'CH_URL')`)
+  return { home, target, id: id as string }
+}
+
+test('kill -9 of the sidecar four times during a 100,000-member delivery: after FINAL the target equals the segment; replays keep their version', async (t) => {
+  const defer = deferrer(t)
+  const { home, target, id } = await world(defer, 'big', 'member_id String, version UInt64')
   await home.query(
     `select segmenter.create_subscription(name => 'big', consumer => 'ch', segments => array['big'], syntax => 'altcraft',
        add_sql => $1, remove_sql => $2, clear_sql => $3, batch_size => 500)`,
@@ -133,16 +139,7 @@ test('ClickHouse stopped for 30 s mid-delivery: retries, errors in sync_stats, c
 
 test('kill -9 while batches are unconfirmed, attributes changed before the restart: every replay is byte-identical to its first attempt', async (t) => {
   const defer = deferrer(t)
-  const home = await freshPg()
-  defer(() => home.close())
-  const target = await freshClickhouse()
-  defer(() => target.close())
-  for (const statement of statementsOf(read('schema'))) await target.exec(statement)
-  // Every attempt's rows, kept (a plain MergeTree merges nothing away).
-  await target.exec('CREATE TABLE attempts (member_id String, version UInt64, customid String) ENGINE = MergeTree ORDER BY member_id')
-  await home.query(SEGMENT_DDL)
-  const [{ id }] = await home.query(`select segmenter.create_segment('replay', 'public.test_segment') as id`)
-  await home.query(`select segmenter.create_consumer('ch', 'clickhouse', 'clickhouse', 'CH_URL')`)
+  const { home, target, id } = await world(defer, 'replay', 'member_id String, version UInt64, customid String')
   // The member's attribute is in the statement: rendered anew after the update, a replay would
   // carry the new value under the old version.
   const add = `${read('add').trimEnd()};
