@@ -2,9 +2,9 @@
 // templates' versioned INSERT, one request per statement, then the checkpoint row), with the sidecar
 // started as users start it (`bin/segmenter.js run`, a child process), against a baseline in the
 // same run: a raw @clickhouse/client INSERT (JSONEachRow) of the same rows, batch by batch, into the
-// same table. Each of R rounds runs raw, then the pipeline; the ratio (rows/s of the pipeline from
-// the home commit over rows/s of raw) is the median of the rounds'. Peak RSS (VmHWM) of the sidecar
-// over the whole run. The server: Debian's clickhouse-server 18.16, started like the tests' one,
+// same table. Each of R rounds runs raw and the pipeline, in alternating order; the ratio (rows/s
+// of the pipeline from the home commit over rows/s of raw) is the median of the rounds'. Peak RSS
+// (VmHWM) of the sidecar over the whole run. The server: Debian's clickhouse-server 18.16, started like the tests' one,
 // unless BENCH_CLICKHOUSE_URL names one.
 // Usage: node --import tsx bench/clickhouse.ts [members=1000000] [batch=1000] [rounds=3] [lanes=1]
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -154,12 +154,25 @@ const idleMb = procStatusMb(sidecar.pid!, 'VmRSS')
 
 const raw: Array<Awaited<ReturnType<typeof rawRound>>> = []
 const pipe: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
+// The order alternates: the server's state drifts from round to round (raw ran at 89,604 rows/s
+// in a first round and 46,939 in a third), and whichever side always ran first got the fresher one.
 for (let r = 1; r <= rounds; r++) {
-  progress(`round ${r}/${rounds}: raw @clickhouse/client INSERT, ${members} rows in batches of ${batch}`)
-  await dropLastSegment()
-  raw.push(await rawRound())
-  progress(`round ${r}/${rounds}: pipeline`)
-  pipe.push(await pipelineRound(r))
+  const rawRun = async () => {
+    progress(`round ${r}/${rounds}: raw @clickhouse/client INSERT, ${members} rows in batches of ${batch}`)
+    await dropLastSegment()
+    raw.push(await rawRound())
+  }
+  const pipelineRun = async () => {
+    progress(`round ${r}/${rounds}: pipeline`)
+    pipe.push(await pipelineRound(r))
+  }
+  if (r % 2 === 1) {
+    await rawRun()
+    await pipelineRun()
+  } else {
+    await pipelineRun()
+    await rawRun()
+  }
 }
 const peakMb = procStatusMb(sidecar.pid!, 'VmHWM')
 sidecar.kill('SIGTERM')
