@@ -14,6 +14,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
+import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Webhook } from 'standardwebhooks'
 import { benchDatabase, cpuByKind, cpuSince, drained as drainedIn, median, percentile, procStatusMb, round } from './common.js'
@@ -33,10 +34,9 @@ const SECRET = 'whsec_' + randomBytes(32).toString('base64')
 const RECEIVER = `
 const http = require('node:http')
 let members = 0, requests = 0
-const arrivals = new Map()
 const server = http.createServer((req, res) => {
   if (req.method === 'GET') {
-    res.end(JSON.stringify({ members, requests, arrivals: Object.fromEntries(arrivals) }))
+    res.end(JSON.stringify({ members, requests }))
     return
   }
   const chunks = []
@@ -46,7 +46,9 @@ const server = http.createServer((req, res) => {
     const body = JSON.parse(Buffer.concat(chunks).toString('utf8'))
     requests++
     members += body.members.length
-    if (body.members.length <= 10) for (const m of body.members) arrivals.set(m.id, at)
+    // Arrivals go out on stdout as they happen: the bench is not polling (and so not loading) the
+    // receiver while it measures.
+    if (body.members.length <= 10) for (const m of body.members) process.stdout.write(m.id + ' ' + at + '\\n')
     res.writeHead(200, { 'content-type': 'application/json' })
     res.end('{"ok":true}')
   })
@@ -56,10 +58,16 @@ server.listen(0, '127.0.0.1', () => process.stdout.write(String(server.address()
 `
 const receiver: ChildProcess = spawn(process.execPath, ['-e', RECEIVER], { stdio: ['ignore', 'pipe', 'inherit'] })
 process.on('exit', () => receiver.kill('SIGKILL'))
-const port = await new Promise<number>((resolve) => receiver.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))))
+const receiverLines = createInterface({ input: receiver.stdout! })
+const port = await new Promise<number>((resolve) => receiverLines.once('line', (line) => resolve(Number(line))))
+// Member id → arrival time at the receiver (its clock), for the latency commits.
+const arrivals = new Map<string, number>()
+receiverLines.on('line', (line) => {
+  const [id, at] = line.split(' ')
+  arrivals.set(id!, Number(at))
+})
 const receiverUrl = `http://127.0.0.1:${port}`
-const stats = async () =>
-  (await (await fetch(receiverUrl)).json()) as { members: number; requests: number; arrivals: Record<string, number> }
+const stats = async () => (await (await fetch(receiverUrl)).json()) as { members: number; requests: number }
 
 const home = await benchDatabase()
 const q = (sql: string, params?: unknown[]) => home.pool.query(sql, params)
@@ -154,7 +162,7 @@ const sidecarArgs = [...launcherFlags, ...(process.env.BENCH_SIDECAR_NODE_ARGS?.
 const sidecar: ChildProcess = spawn(process.execPath, [...sidecarArgs, 'bin/segmenter.js', 'run'], {
   cwd: ROOT,
   env: { ...process.env, DATABASE_URL: home.url, SEGMENTER_LOG_LEVEL: 'warn', SEGMENTER_HTTP_PORT: '0' },
-  stdio: ['ignore', 'ignore', 'inherit'],
+  stdio: ['ignore', process.env.BENCH_SIDECAR_STDOUT ? 2 : 'ignore', 'inherit'],
 })
 // A failed run must not leave the sidecar behind, retrying a home that is gone.
 process.on('exit', () => sidecar.kill('SIGKILL'))
@@ -180,7 +188,7 @@ for (let i = 0; i < latencyCommits; i++) {
   const committed = now()
   let at: number | undefined
   for (let tries = 0; at === undefined && tries < 5000; tries++) {
-    at = (await stats()).arrivals[`l${i}`]
+    at = arrivals.get(`l${i}`)
     if (at === undefined) await sleep(1)
   }
   if (at === undefined) throw new Error(`l${i} never arrived`)

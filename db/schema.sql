@@ -1280,6 +1280,25 @@ $$;
 COMMENT ON FUNCTION segmenter._release_subscription(sub_id bigint) IS 'Private. Clear a subscription''s error state (its cause was fixed).';
 
 --
+-- Name: _retry_after(bigint, double precision, integer); Type: FUNCTION; Schema: segmenter; Owner: -
+--
+
+CREATE FUNCTION segmenter._retry_after(consumer_id bigint, wait_ms double precision, http_status integer) RETURNS void
+    LANGUAGE sql
+    AS $$
+  insert into segmenter.retry_after as r (consumer_id, not_before, http_status)
+  values (_retry_after.consumer_id, clock_timestamp() + wait_ms * interval '1 millisecond', _retry_after.http_status)
+  on conflict (consumer_id) do update
+    set not_before = greatest(r.not_before, excluded.not_before), http_status = excluded.http_status, at = clock_timestamp()
+$$;
+
+--
+-- Name: FUNCTION _retry_after(consumer_id bigint, wait_ms double precision, http_status integer); Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON FUNCTION segmenter._retry_after(consumer_id bigint, wait_ms double precision, http_status integer) IS 'Private. Sidecar: the receiver of a consumer answered 429 or 503 with Retry-After; keep its requests back for wait_ms (never shortening a longer wait already kept).';
+
+--
 -- Name: _scan_json(text, text, text[], text[], integer[], text[], boolean); Type: FUNCTION; Schema: segmenter; Owner: -
 --
 
@@ -3715,6 +3734,23 @@ CREATE VIEW segmenter.refresh_schedule AS
 COMMENT ON VIEW segmenter.refresh_schedule IS 'Current auto segments: cron, last start / finish / success / error, readiness (ready, reason; evaluates ready_sql), and whether a refresh holds the segment''s lock now. The sidecar decides from it which segments are due (cron math in src/refresh.ts).';
 
 --
+-- Name: retry_after; Type: TABLE; Schema: segmenter; Owner: -
+--
+
+CREATE TABLE segmenter.retry_after (
+    consumer_id bigint NOT NULL,
+    not_before timestamp with time zone NOT NULL,
+    http_status integer NOT NULL,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL
+);
+
+--
+-- Name: TABLE retry_after; Type: COMMENT; Schema: segmenter; Owner: -
+--
+
+COMMENT ON TABLE segmenter.retry_after IS 'Per HTTP consumer: the receiver''s last Retry-After (429 or 503) and when it ends; no request of the consumer goes before not_before, from any sidecar. Written by segmenter._retry_after.';
+
+--
 -- Name: segments_version_id_seq; Type: SEQUENCE; Schema: segmenter; Owner: -
 --
 
@@ -4032,6 +4068,13 @@ ALTER TABLE ONLY segmenter.refresh_state
     ADD CONSTRAINT refresh_state_pkey PRIMARY KEY (segment_id);
 
 --
+-- Name: retry_after retry_after_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.retry_after
+    ADD CONSTRAINT retry_after_pkey PRIMARY KEY (consumer_id);
+
+--
 -- Name: segments segments_pkey; Type: CONSTRAINT; Schema: segmenter; Owner: -
 --
 
@@ -4272,6 +4315,13 @@ ALTER TABLE ONLY segmenter.in_flight
 
 ALTER TABLE ONLY segmenter.rate_buckets
     ADD CONSTRAINT rate_buckets_consumer_id_fkey FOREIGN KEY (consumer_id) REFERENCES segmenter.consumers(consumer_id) ON DELETE CASCADE;
+
+--
+-- Name: retry_after retry_after_consumer_id_fkey; Type: FK CONSTRAINT; Schema: segmenter; Owner: -
+--
+
+ALTER TABLE ONLY segmenter.retry_after
+    ADD CONSTRAINT retry_after_consumer_id_fkey FOREIGN KEY (consumer_id) REFERENCES segmenter.consumers(consumer_id) ON DELETE CASCADE;
 
 --
 -- Name: subscriptions subscriptions_consumer_id_fkey; Type: FK CONSTRAINT; Schema: segmenter; Owner: -

@@ -30,14 +30,25 @@ export interface SubscriptionRow {
   error: string | null
   /** The consumer row, read with the subscription: a repointed consumer reaches the next round. */
   consumer: ConsumerRow
+  /** Whether segmenter.in_flight holds unconfirmed sends of it (journal.ts): when not, no replay read. */
+  has_in_flight?: boolean
+  /** How long the consumer's receiver still asks to be left alone (its Retry-After, segmenter.retry_after); null if not. */
+  retry_after_ms?: number | null
 }
 
+/** The subscription row with its consumer; `$1` is the subscription id. */
+export const SUBSCRIPTION_SQL = `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms, to_jsonb(c) as consumer,
+         exists (select 1 from segmenter.in_flight f where f.subscription_id = s.subscription_id) as has_in_flight,
+         (select extract(epoch from r.not_before - clock_timestamp()) * 1000 from segmenter.retry_after r
+          where r.consumer_id = s.consumer_id and r.not_before > clock_timestamp())::float8 as retry_after_ms
+  from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.subscription_id = $1`
+
 export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscriptionId: string): Promise<SubscriptionRow | null> {
-  const { rows } = await db.query<SubscriptionRow>(
-    `select s.*, (extract(epoch from s.batch_timeout) * 1000)::float8 as batch_timeout_ms, to_jsonb(c) as consumer
-     from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.subscription_id = $1`,
-    [subscriptionId],
-  )
+  const { rows } = await db.query<SubscriptionRow>({
+    name: 'segmenter:load_subscription',
+    text: SUBSCRIPTION_SQL,
+    values: [subscriptionId],
+  })
   return rows[0] ?? null
 }
 
@@ -45,15 +56,22 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
 // window costs what it returns, not the whole backlog (unnesting every pending member in SQL to
 // return 10,000 of them took 790 ms with 1M pending). The ids come as JSON: V8's JSON.parse reads
 // a 10,000-id array in 3 ms, the text[] parser took 25 ms.
-// The JSON is made outside the sorted subquery (OFFSET 0 keeps it apart): only for the rows the
-// cursor fetches. Made inside, a sort computed it for every pending change on every read.
-const CHANGES_SQL = `
+// The JSON is made outside the sorted subquery (OFFSET 0 keeps it apart): only for the rows read.
+// Made inside, a sort computed it for every pending change on every read.
+// The first change is read alone, with whether another follows it (lead() over the subquery's
+// order, which looks at the next row without making its JSON): a round with one change to send,
+// the latency case, reads it in one round trip; a cursor would take a second to learn that
+// nothing follows, or to close.
+const changesSql = (first: boolean) => `
   select c.pos, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
-         c.segment_id, c.event, to_json(c.ids) as ids, c.members, c.rows
-  from (select * from segmenter.changes c
-        where c.pos >= $3 and c.segment_id = any($1::uuid[])
-          and (c.subscription_id is null or c.subscription_id = $2)
-        order by c.pos offset 0) c`
+         c.segment_id, c.event, to_json(c.ids) as ids, c.members, c.rows${first ? ', c.more' : ''}
+  from (select *${first ? ', lead(o.pos) over () is not null as more' : ''}
+        from (select * from segmenter.changes c
+              where c.pos >= $3 and c.segment_id = any($1::uuid[])
+                and (c.subscription_id is null or c.subscription_id = $2)
+              order by c.pos offset 0) o${first ? ' limit 1' : ''}) c`
+const FIRST_CHANGE_SQL = changesSql(true)
+const CHANGES_SQL = changesSql(false)
 
 interface ChangeRow {
   pos: string
@@ -83,43 +101,58 @@ const pendingEvent = (
   row,
 })
 
-/** Up to `limit` events after `from`, in position order, read through a cursor a few changes at a time. */
+/** The events of one change after `from`, appended to `events` until it holds `limit`. */
+function expandChange(c: ChangeRow, sub: SubscriptionRow, from: Checkpoint, events: PendingEvent[], limit: number): void {
+  const pos = BigInt(c.pos)
+  const skip = pos === from.pos ? from.ord : 0
+  if (c.ids === null) {
+    if (skip < 1) events.push(pendingEvent(c, pos, 1, null, null))
+  } else if (c.event === 'clear' && sub.clear_sql !== null) {
+    // The clear template clears them all at once: one event that passes every member named.
+    if (skip < c.ids.length) events.push(pendingEvent(c, pos, c.ids.length, null, null))
+  } else if (c.event === 'clear') {
+    // No clear template: the clear is delivered as removes of the members it cleared.
+    const asRemoves: ChangeRow = { ...c, event: 'remove' }
+    for (let i = skip; i < c.ids.length && events.length < limit; i++) {
+      events.push(pendingEvent(asRemoves, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
+    }
+  } else {
+    for (let i = skip; i < c.ids.length && events.length < limit; i++) {
+      events.push(pendingEvent(c, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
+    }
+  }
+}
+
+/** Up to `limit` events after `from`, in position order: the first change, then a cursor a few changes at a time. */
 export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
-  const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()]))
   const events: PendingEvent[] = []
+  const first = (
+    await client.query<ChangeRow & { more: boolean }>(FIRST_CHANGE_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()])
+  ).rows[0]
+  if (!first) return events
+  expandChange(first, sub, from, events, limit)
+  if (!first.more || events.length >= limit) return events.slice(0, limit)
+  // Positions are whole numbers: the rest starts after the first change's.
+  const rest = (BigInt(first.pos) + 1n).toString()
+  const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, rest]))
   let failed = false
   try {
+    // One change can hold 10,000 members: fetching more than needed parses arrays only to drop
+    // them. Fetch about as many changes as the window still needs, judged by the page just read,
+    // but at most twice as many as that page: a page of one small change (a resync's
+    // segment_upsert) said "1 member per change" and the next page of 1,000 changes of 10,000
+    // members parsed the whole backlog at once (3M ids, 130 MB of heap, in a 3M-member resync).
+    let last: ChangeRow[] = [first]
     for (let pageSize = 1; ;) {
-      // One change can hold 10,000 members: fetching more than needed parses arrays only to drop them.
+      const perChange = Math.max(1, ...last.map((c) => c.members))
+      pageSize = Math.min(1000, 2 * pageSize, Math.max(1, Math.ceil((limit - events.length) / perChange)))
       const page = await cursor.read(pageSize)
       for (const c of page) {
-        const pos = BigInt(c.pos)
-        const skip = pos === from.pos ? from.ord : 0
-        if (c.ids === null) {
-          if (skip < 1) events.push(pendingEvent(c, pos, 1, null, null))
-        } else if (c.event === 'clear' && sub.clear_sql !== null) {
-          // The clear template clears them all at once: one event that passes every member named.
-          if (skip < c.ids.length) events.push(pendingEvent(c, pos, c.ids.length, null, null))
-        } else if (c.event === 'clear') {
-          // No clear template: the clear is delivered as removes of the members it cleared.
-          const asRemoves: ChangeRow = { ...c, event: 'remove' }
-          for (let i = skip; i < c.ids.length && events.length < limit; i++) {
-            events.push(pendingEvent(asRemoves, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
-          }
-        } else {
-          for (let i = skip; i < c.ids.length && events.length < limit; i++) {
-            events.push(pendingEvent(c, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
-          }
-        }
+        expandChange(c, sub, from, events, limit)
         if (events.length >= limit) return events.slice(0, limit)
       }
       if (page.length < pageSize) return events
-      // Fetch about as many changes as the window still needs, judged by the page just read, but
-      // at most twice as many as that page: a page of one small change (a resync's segment_upsert)
-      // said "1 member per change" and the next page of 1,000 changes of 10,000 members parsed the
-      // whole backlog at once (3M ids, 130 MB of heap, in a 3M-member resync).
-      const perChange = Math.max(1, ...page.map((c) => c.members))
-      pageSize = Math.min(1000, 2 * pageSize, Math.max(1, Math.ceil((limit - events.length) / perChange)))
+      last = page
     }
   } catch (error) {
     failed = true
@@ -163,8 +196,9 @@ export interface SegmentInfo {
 
 export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<Map<string, SegmentInfo>> {
   // The latest definition, current or retired: a retired segment's last events still render.
-  const { rows } = await db.query<SegmentInfo>(
-    `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type,
+  const { rows } = await db.query<SegmentInfo>({
+    name: 'segmenter:load_segments',
+    text: `select distinct on (segment_id) segment_id, name, table_name::text as table_name, segmenter._id_type(table_name) as id_type,
             c.columns, c.column_types
      from segmenter.segments
      cross join lateral (
@@ -175,8 +209,8 @@ export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<M
                          select t::int from d where base = 0) order by a.attnum) as column_types
        from pg_attribute a where a.attrelid = table_name and a.attnum > 0 and not a.attisdropped) c
      where segment_id = any($1::uuid[]) order by segment_id, actual_end desc`,
-    [segmentIds],
-  )
+    values: [segmentIds],
+  })
   return new Map(rows.map((r) => [r.segment_id, r]))
 }
 

@@ -165,6 +165,35 @@ test('kill -9 of the sidecar three times during that delivery: the same result, 
   child.kill('SIGTERM')
 })
 
+test('a Retry-After outlives the sidecar that heard it: a sidecar killed while it waits is replaced by one that waits too', async (t) => {
+  const defer = deferrer(t)
+  // Every request is answered 429 with Retry-After: 3, twice per webhook-id; then accepted.
+  const w = await world(defer, { receiver: { rateLimit: 1, retryAfterSeconds: 3 } })
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 10) g`, [w.segmentId])
+  const run = () => sidecarProcess({ ...w.env, DATABASE_URL: w.home.url, SEGMENTER_POLL_INTERVAL_MS: '100' })
+  const first = run()
+  const exited = new Promise((r) => first.once('exit', r))
+  defer(async () => void first.kill('SIGKILL'))
+  await until('the first 429', async () => w.receiver.requests.some((r) => r.status === 429 && r.answered), 30_000)
+  first.kill('SIGKILL')
+  await exited
+  const second = run()
+  defer(async () => void second.kill('SIGKILL'))
+  await until('caught up', async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0, 60_000)
+  const [kept] = await w.home.query(`select http_status from segmenter.retry_after`)
+  assert.equal(kept.http_status, 429, 'the wait is kept at home')
+  assert.deepEqual(w.receiver.violations, [], 'no request came back before its Retry-After')
+  const attempts = w.receiver.requests.map((r) => r.status)
+  assert.deepEqual(attempts, [429, 429, 200], 'one batch: two 429s, then accepted')
+  assert.deepEqual(
+    applied(w.receiver)
+      .flatMap((a) => a.members)
+      .sort(),
+    Array.from({ length: 10 }, (_, i) => `m${i + 1}`).sort(),
+  )
+  second.kill('SIGTERM')
+})
+
 test('a receiver that rejects one member with 400: it is dead-lettered with the response, all others delivered, replay works once it is accepted', async (t) => {
   const defer = deferrer(t)
   const w = await world(defer, { receiver: { rejectMembers: ['m137'] }, batchSize: 100 })

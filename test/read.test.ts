@@ -1,6 +1,7 @@
 // The member rows a delivery window reads (src/read.ts), against the same rows read the usual way.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
+import Cursor from 'pg-cursor'
 import type { PendingEvent } from '../src/batch.js'
 import { createPool, endPool } from '../src/db.js'
 import { loadMemberRows, loadSegments, loadSubscription, readPending } from '../src/read.js'
@@ -86,9 +87,15 @@ test('a window reads the changes it needs, not the backlog: a small change befor
   t.after(() => client.release())
   // Count the change rows the cursor brings over.
   let fetched = 0
-  const query = client.query.bind(client) as (q: unknown) => unknown
-  ;(client as unknown as { query: (q: unknown) => unknown }).query = (q: unknown) => {
-    const cursor = query(q) as { read(n: number): Promise<unknown[]> }
+  const query = client.query.bind(client) as (...args: unknown[]) => unknown
+  ;(client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+    // The first change comes by a plain query, the rest through a cursor.
+    if (!(args[0] instanceof Cursor))
+      return (query(...args) as Promise<{ rows: unknown[] }>).then((r) => {
+        fetched += r.rows.length
+        return r
+      })
+    const cursor = query(...args) as { read(n: number): Promise<unknown[]> }
     const read = cursor.read.bind(cursor)
     cursor.read = async (n: number) => {
       const rows = await read(n)

@@ -50,7 +50,10 @@ export interface HomeIdentity {
 }
 
 export async function homeIdentity(pool: pg.Pool): Promise<HomeIdentity> {
-  const { rows } = await pool.query<{ identity: string; last_pos: string }>('select identity, last_pos from segmenter.home_identity()')
+  const { rows } = await pool.query<{ identity: string; last_pos: string }>({
+    name: 'segmenter:home_identity',
+    text: 'select identity, last_pos from segmenter.home_identity()',
+  })
   return { identity: rows[0]!.identity, lastPos: BigInt(rows[0]!.last_pos) }
 }
 

@@ -49,11 +49,12 @@ export async function recordSending(
   statements: string[],
   batches: Array<{ batch: Batch; statements: number }>,
 ): Promise<void> {
-  await ctx.pool.query(
-    `select segmenter._record_sending(subscription_id => $1, from_pos => $2, from_ord => $3, to_pos => $4, to_ord => $5,
+  await ctx.pool.query({
+    name: 'segmenter:record_sending',
+    text: `select segmenter._record_sending(subscription_id => $1, from_pos => $2, from_ord => $3, to_pos => $4, to_ord => $5,
        request_id => $6, statements => $7, statement_lengths => $8::int[], segment_ids => $9::uuid[], events => $10::segmenter.event[],
        rows => $11::bigint[], statement_counts => $12::int[])`,
-    [
+    values: [
       sub.subscription_id,
       from.pos.toString(),
       from.ord,
@@ -67,7 +68,7 @@ export async function recordSending(
       batches.map((b) => b.batch.events.length),
       batches.map((b) => b.statements),
     ],
-  )
+  })
 }
 
 /**
@@ -141,7 +142,7 @@ function splitStatements(row: Pick<InFlightRow, 'statements' | 'statement_length
  * events anew, where a rejected member is isolated as usual.
  */
 export async function replayUnconfirmed(ctx: DeliveryContext, sink: Sink, sub: SubscriptionRow, from: Checkpoint): Promise<Checkpoint> {
-  if (!journals(sub)) return from
+  if (!journals(sub) || sub.has_in_flight === false) return from
   const { rows } = await ctx.pool.query<InFlightRow>(
     `select from_pos, from_ord, to_pos, to_ord, statements, statement_lengths, segment_ids, events::text[] as events, rows, statement_counts
      from segmenter.in_flight where subscription_id = $1 and (from_pos, from_ord) >= ($2, $3) order by from_pos, from_ord`,

@@ -41,11 +41,12 @@ export function queueLogRows(round: Round, done: Delivered[]): void {
 export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, done: Delivered[]): Promise<void> {
   const last = done[done.length - 1]
   if (!last) return
-  await ctx.pool.query(
-    `select segmenter.record_batches(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, segment_ids => $4::uuid[],
+  await ctx.pool.query({
+    name: 'segmenter:record_batches',
+    text: `select segmenter.record_batches(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, segment_ids => $4::uuid[],
        events => $5::segmenter.event[], statements => $6::int[], rows => $7::bigint[], duration_ms => $8::float8[],
        details => $9::jsonb[])`,
-    [
+    values: [
       sub.subscription_id,
       last.through.pos.toString(),
       last.through.ord,
@@ -56,7 +57,7 @@ export async function recordBatches({ ctx, sub }: Pick<Round, 'ctx' | 'sub'>, do
       done.map((d) => d.ms),
       done.some((d) => d.detail) ? done.map((d) => (d.detail ? JSON.stringify(d.detail) : null)) : null,
     ],
-  )
+  })
 }
 
 /** One batch's log row (record_batch), with the home cursor moved to `to` if that is further. */
@@ -66,10 +67,11 @@ async function recordBatch(
   r: { to: Checkpoint; ok: boolean; ms: number; statements: number; error: string | null; detail?: Record<string, unknown> },
 ): Promise<void> {
   ctx.onBatch?.(sub, batch, r.ok, r.ms)
-  await ctx.pool.query(
-    `select segmenter.record_batch(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, event => $4::segmenter.event,
+  await ctx.pool.query({
+    name: 'segmenter:record_batch',
+    text: `select segmenter.record_batch(subscription_id => $1, cursor_pos => $2, cursor_ord => $3, event => $4::segmenter.event,
        segment_id => $5::uuid, statements => $6, rows => $7, duration_ms => $8, ok => $9, error => $10, detail => $11::jsonb)`,
-    [
+    values: [
       sub.subscription_id,
       r.to.pos.toString(),
       r.to.ord,
@@ -82,7 +84,7 @@ async function recordBatch(
       r.error,
       r.detail ? JSON.stringify(r.detail) : null,
     ],
-  )
+  })
 }
 
 /** The target committed the batch (with `statements` statements, 0 or 1) in `ms`. */

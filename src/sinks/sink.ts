@@ -79,6 +79,14 @@ export interface Sink {
    */
   checkpoint(syncKey: string): Promise<TargetCheckpoint>
   /**
+   * The checkpoint is the home cursor itself (HTTP: a receiver keeps none): the round takes it
+   * from the subscription row it read under its lock, with startFrom() instead of checkpoint(),
+   * and skips the divergence check (a cursor cannot be ahead of its own home).
+   */
+  readonly checkpointAtHome?: boolean
+  /** For a sink whose checkpoint is at home: start from this cursor, read by the caller. */
+  startFrom?(syncKey: string, cursor: Checkpoint): void
+  /**
    * Where the next transaction starts: the checkpoint last read or committed by this sink (null
    * before the first read, and after a fenced or unknown outcome).
    */
