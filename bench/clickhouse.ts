@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url'
 import { ClickHouseLogLevel, createClient } from '@clickhouse/client'
 import { statementsOf } from '../src/sinks/clickhouse.js'
 import { startClickhouse } from '../test/harness/servers.js'
-import { benchDatabase, cpuByKind, cpuSince, drained as drainedIn, median, procStatusMb, round } from './common.js'
+import { benchDatabase, cpuByKind, cpuSince, drained as drainedIn, median, procStatusMb, round, segmentTables } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 1000)
@@ -99,24 +99,14 @@ const insertQueries = async () =>
     )[0]?.n ?? 0,
   )
 
-let lastSegment: string | null = null
-async function dropLastSegment() {
-  if (!lastSegment) return
-  await q(`select segmenter.retire_segment($1)`, [lastSegment])
-  await q(`drop table ${lastSegment}`)
-  lastSegment = null
-}
+const tables = segmentTables(home.pool)
 
 const drained = (subscriptionId: string) => drainedIn(home.pool, subscriptionId)
 
 /** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
 async function pipelineRound(r: number) {
-  await dropLastSegment()
-  const name = (lastSegment = `bench_members_${r}`)
-  await q(`create table ${name} (segment_id uuid not null, id text, hash_email text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
-    create index on ${name} (segment_id, id)`)
-  const seg = (await q(`select segmenter.create_segment($1::text, $2::regclass) as id`, [name, name])).rows[0].id
+  const name = `bench_members_${r}`
+  const seg = await tables.replace(name)
   await targetTable('segment_members')
   await q(
     `select segmenter.create_subscription(name => $1, consumer => 'ch', segments => array[$2], syntax => 'altcraft',
@@ -159,7 +149,7 @@ const pipe: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
 for (let r = 1; r <= rounds; r++) {
   const rawRun = async () => {
     progress(`round ${r}/${rounds}: raw @clickhouse/client INSERT, ${members} rows in batches of ${batch}`)
-    await dropLastSegment()
+    await tables.dropCurrent()
     raw.push(await rawRound())
   }
   const pipelineRun = async () => {
@@ -212,7 +202,7 @@ console.log(
     2,
   ),
 )
-await dropLastSegment()
+await tables.dropCurrent()
 await ch.close()
 await admin.command({ query: 'DROP DATABASE IF EXISTS bench_clickhouse' })
 await admin.close()

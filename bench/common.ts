@@ -165,6 +165,44 @@ export function cpuSince(before: ReturnType<typeof cpuByKind>): Record<string, n
 }
 
 /**
+ * Segment tables of the shape the delivery benches share (the seed's columns, an index on
+ * (segment_id, id)), registered as segments. `replace` retires and drops the table it made before:
+ * a previous round's million rows would keep autovacuum on the cores of the next measured part.
+ */
+export function segmentTables(pool: pg.Pool) {
+  let current: string | null = null
+  const create = async (name: string): Promise<string> => {
+    await pool.query(`create table ${name} (segment_id uuid not null, id text, hash_email text, actual_begin timestamptz not null default now(),
+      actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
+      create index on ${name} (segment_id, id)`)
+    return (await pool.query(`select segmenter.create_segment($1::text, $2::regclass) as id`, [name, name])).rows[0].id as string
+  }
+  const dropCurrent = async () => {
+    if (!current) return
+    await pool.query(`select segmenter.retire_segment($1)`, [current])
+    await pool.query(`drop table ${current}`)
+    current = null
+  }
+  return {
+    /** A new segment table; returns its segment id. */
+    create,
+    /** Retire and drop the table `replace` made last, if any. */
+    dropCurrent,
+    /** A new segment table in place of the one `replace` made last; returns its segment id. */
+    async replace(name: string): Promise<string> {
+      await dropCurrent()
+      const id = await create(name)
+      current = name
+      return id
+    },
+    /** The table `replace` made last. */
+    get current() {
+      return current
+    },
+  }
+}
+
+/**
  * Wait until the subscription has nothing pending (its home cursor moves only after the target's
  * checkpoint); `alive`, if given, is checked on the way (a sidecar that died fails the wait at once).
  */

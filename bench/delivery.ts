@@ -32,6 +32,7 @@ import {
   procStatusMb,
   rawMysqlInsert,
   round,
+  segmentTables,
 } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
@@ -58,12 +59,7 @@ const targetTable = (table: string) =>
   email varchar(64), updated datetime(6), key (segId, clientId)) engine=InnoDB`)
 const count = async (table: string) => Number(((await target.conn.query(`select count(*) as n from ${table}`)) as any)[0][0].n)
 
-async function segment(name: string): Promise<string> {
-  await q(`create table ${name} (segment_id uuid not null, id text, hash_email text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
-    create index on ${name} (segment_id, id)`)
-  return (await q(`select segmenter.create_segment($1::text, $2::regclass) as id`, [name, name])).rows[0].id
-}
+const tables = segmentTables(home.pool)
 async function subscribe(name: string, seg: string, table: string, batchSize: number): Promise<string> {
   await q(
     `select segmenter.create_subscription(name => $1, consumer => 'maria', segments => array[$2], syntax => 'altcraft',
@@ -103,24 +99,11 @@ async function rawRound() {
   return { ms, cpuMs }
 }
 
-/** The segment table of the latest pipeline round: kept for the resync below. */
-let lastSegment: string | null = null
-/**
- * Called before every measured part: the previous round's million rows go, so that autovacuum
- * does not spend this part's cores on rows nobody reads any more.
- */
-async function dropLastSegment() {
-  if (!lastSegment) return
-  await q(`select segmenter.retire_segment($1)`, [lastSegment])
-  await q(`drop table ${lastSegment}`)
-  lastSegment = null
-}
-
 /** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
 async function pipelineRound(r: number, lanes: number) {
-  await dropLastSegment()
-  const name = (lastSegment = `bench_members_${r}_${lanes}`)
-  const seg = await segment(name)
+  // The previous round's table goes first; the latest round's is kept for the resync below.
+  const name = `bench_members_${r}_${lanes}`
+  const seg = await tables.replace(name)
   await targetTable('members')
   await consumer(lanes)
   const sub = await subscribe(`throughput_${r}_${lanes}`, name, 'members', batch)
@@ -165,7 +148,7 @@ const quietRound = (i: number) =>
 const quietRounds = () => rawRounds.map((_, i) => i).filter(quietRound)
 for (let r = 1; r <= rounds || (quietRounds().length < rounds && r <= 2 * rounds); r++) {
   progress(`round ${r} (${rounds} wanted, ${quietRounds().length} quiet so far): raw baseline, ${members} rows in batches of ${batch}`)
-  await dropLastSegment()
+  await tables.dropCurrent()
   rawRounds.push(await rawRound())
   // The lanes settings take turns going first, so that neither always follows the raw round.
   const order = r % 2 === 1 ? laneSettings : [...laneSettings].reverse()
@@ -213,7 +196,7 @@ const pipelineFigures = (pipe: Array<Awaited<ReturnType<typeof pipelineRound>>>)
 // 2. Latency -----------------------------------------------------------------------------------
 progress(`latency: ${latencyCommits} single-row commits`)
 await consumer(1) // latency and memory with the default
-const segLatency = await segment('bench_latency')
+const segLatency = await tables.create('bench_latency')
 await target.conn.query(`create table latency (segId varchar(36), clientId varchar(255), email varchar(64), updated datetime(6))`)
 const subLatency = await subscribe('latency', 'bench_latency', 'latency', 1)
 await drained(subLatency)
@@ -248,7 +231,7 @@ for (let r = 1; r <= rounds; r++) {
   const rawMs = performance.now() - rawStart
   await target.conn.query('drop table small_raw')
   const name = `bench_small_${r}`
-  const seg = await segment(name)
+  const seg = await tables.create(name)
   await targetTable('small')
   const sub = await subscribe(`small_${r}`, name, 'small', 1)
   await drained(sub)
@@ -275,7 +258,7 @@ const child = startRun()
 await sleep(3000)
 const idleMb = procStatusMb(child.pid!, 'VmRSS')
 // A new subscription starts exactly like a resync: every current member from one snapshot.
-const subResync = await subscribe('resync', lastSegment!, 'members', batch)
+const subResync = await subscribe('resync', tables.current!, 'members', batch)
 const resyncStart = performance.now()
 await drained(subResync)
 const resyncMs = performance.now() - resyncStart

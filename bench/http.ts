@@ -17,7 +17,17 @@ import { availableParallelism } from 'node:os'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Webhook } from 'standardwebhooks'
-import { benchDatabase, cpuByKind, cpuSince, drained as drainedIn, median, percentile, procStatusMb, round } from './common.js'
+import {
+  benchDatabase,
+  cpuByKind,
+  cpuSince,
+  drained as drainedIn,
+  median,
+  percentile,
+  procStatusMb,
+  round,
+  segmentTables,
+} from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const batch = Number(process.argv[3] ?? 10_000)
@@ -107,21 +117,7 @@ async function rawRound() {
   return { ms, cpuMs }
 }
 
-let lastSegment: string | null = null
-async function dropLastSegment() {
-  if (!lastSegment) return
-  await q(`select segmenter.retire_segment($1)`, [lastSegment])
-  await q(`drop table ${lastSegment}`)
-  lastSegment = null
-}
-async function segment(name: string) {
-  await dropLastSegment()
-  lastSegment = name
-  await q(`create table ${name} (segment_id uuid not null, id text, hash_email text, actual_begin timestamptz not null default now(),
-    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now());
-    create index on ${name} (segment_id, id)`)
-  return (await q(`select segmenter.create_segment($1::text, $2::regclass) as id`, [name, name])).rows[0].id as string
-}
+const tables = segmentTables(home.pool)
 async function subscribe(name: string, segmentName: string, batchSize: number) {
   await q(
     `select segmenter.create_subscription(name => $1, consumer => 'hook', segments => array[$2], syntax => 'altcraft',
@@ -135,7 +131,7 @@ const drained = (subscriptionId: string) => drainedIn(home.pool, subscriptionId)
 /** The pipeline: a fresh segment and subscription; one home INSERT of every member, then the drain. */
 async function pipelineRound(r: number) {
   const name = `bench_http_${r}`
-  const seg = await segment(name)
+  const seg = await tables.replace(name)
   const sub = await subscribe(`throughput_${r}`, name, batch)
   await drained(sub)
   const before = (await stats()).members
@@ -179,7 +175,7 @@ for (let r = 1; r <= rounds; r++) {
 }
 
 progress(`latency: ${latencyCommits} single-row commits, batch_size 1`)
-const segLatency = await segment('bench_http_latency')
+const segLatency = await tables.replace('bench_http_latency')
 const subLatency = await subscribe('latency', 'bench_http_latency', 1)
 await drained(subLatency)
 const latencies: number[] = []
@@ -232,6 +228,6 @@ console.log(
     2,
   ),
 )
-await dropLastSegment()
+await tables.dropCurrent()
 receiver.kill('SIGTERM')
 await home.stop()

@@ -9,7 +9,16 @@ import { sequenceChanges } from '../api.js'
 import { SegmenterError } from '../errors.js'
 import type pg from 'pg'
 import { loadMemberRows, loadSegments, loadSubscription, readPending, SUBSCRIPTION_SQL, type SubscriptionRow } from '../read.js'
-import { compareCheckpoints, consumerFingerprint, isFenced, isTransient, openSink, type Checkpoint, type Sink } from '../sinks/index.js'
+import {
+  compareCheckpoints,
+  consumerFingerprint,
+  holdsSubscription,
+  isFenced,
+  isTransient,
+  openSink,
+  type Checkpoint,
+  type Sink,
+} from '../sinks/index.js'
 import {
   brokenTemplate,
   divergedHint,
@@ -20,7 +29,6 @@ import {
   templateHint,
   type HomeIdentity,
 } from './hold.js'
-import { isGone } from '../sinks/http.js'
 import { deliverBatch } from './isolate.js'
 import { replayUnconfirmed } from './journal.js'
 import { deliverRun, runLength } from './pipeline.js'
@@ -149,7 +157,7 @@ export async function deliverSubscription(
           from = await replayUnconfirmed(ctx, sink, sub, from)
         } catch (error) {
           if (isFenced(error)) return { kind: 'busy' }
-          if (isGone(error)) return holdSubscription(ctx, sub, 'configuration', error.message, goneHint(sub))
+          if (holdsSubscription(error)) return holdSubscription(ctx, sub, 'configuration', error.message, error.holdHint(sub.name))
           await dropSink(ctx, sub.subscription_id)
           await recordRoundFailure(ctx, sub, error)
           return { kind: 'retry', error }
@@ -202,7 +210,7 @@ export async function deliverSubscription(
           for (const stop = i + alone; i < stop && !stopped(); i++) await deliverBatch(round, batches[i]!)
         } catch (error) {
           if (error instanceof HeldTemplate) return holdSubscription(ctx, sub, 'template', error.message, templateHint(sub))
-          if (isGone(error)) return holdSubscription(ctx, sub, 'configuration', error.message, goneHint(sub))
+          if (holdsSubscription(error)) return holdSubscription(ctx, sub, 'configuration', error.message, error.holdHint(sub.name))
           if (isFenced(error)) {
             // Another sidecar delivered meanwhile (it holds the lock now, or this one's zombie
             // transaction committed): nothing of this transaction committed; start again from
@@ -243,9 +251,6 @@ export async function deliverSubscription(
 }
 
 const rowCount = (members: Round['members']) => [...members.values()].reduce((n, rows) => n + rows.size, 0)
-
-const goneHint = (sub: SubscriptionRow) =>
-  `the receiver answered 410 Gone: the endpoint or audience no longer exists there. Point the consumer at the right URL (segmenter.create_consumer) or drop the subscription; then select segmenter.resume('${sub.name}'). Nothing was skipped: delivery resumes where it stopped`
 
 function lostLock(ctx: DeliveryContext, subscriptionId: string): RoundResult {
   ctx.log.warn({ subscription: subscriptionId }, 'the home session holding the subscription lock ended; stopped delivering it')

@@ -2,8 +2,7 @@
 // member, the rejected members are dead-lettered and the checkpoint passes them.
 import type { Batch } from '../batch.js'
 import { TemplateError } from '../render/index.js'
-import { isGone } from '../sinks/http.js'
-import { isFenced, isTransient } from '../sinks/index.js'
+import { holdsSubscription, isFenced, isTransient } from '../sinks/index.js'
 import { HeldTemplate } from './hold.js'
 import { applyRecorded } from './journal.js'
 import { recordDeadLetter, recordRejected, recordSuccess } from './record.js'
@@ -37,7 +36,7 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
     await applyRecorded(round, null, statements, batch.through, [{ batch, statements: statements.length }])
   } catch (error) {
     // A receiver that says the endpoint is gone rejects every batch alike: held, not dead-lettered.
-    if (isTransient(error) || isFenced(error) || isGone(error)) throw error
+    if (isTransient(error) || isFenced(error) || holdsSubscription(error)) throw error
     return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
   const answer = statement === null ? undefined : sink.answerTo?.(statement)

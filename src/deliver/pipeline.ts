@@ -1,8 +1,7 @@
 // The pipeline: a run of batches rendered while the target executes the ones before, in parallel
 // lanes or grouped into few target transactions, committed strictly in order.
 import { MEMBER_EVENTS, type Batch } from '../batch.js'
-import { isFenced, isLockConflict, isTransient, type OpenTransaction } from '../sinks/index.js'
-import { isGone } from '../sinks/http.js'
+import { holdsSubscription, isFenced, isLockConflict, isTransient, type OpenTransaction } from '../sinks/index.js'
 import { beginRecorded, journals, recordSending, sendsFrom } from './journal.js'
 import { queueLogRows, type Delivered } from './record.js'
 import { renderBatch, type Round } from './round.js'
@@ -184,7 +183,7 @@ export async function deliverRun(
       { subscription: sub.name, err: (failure as Error).message },
       'batches lock the same rows in the target; one lane from now on',
     )
-  } else if (failure !== undefined && (isTransient(failure) || isFenced(failure) || isGone(failure)))
+  } else if (failure !== undefined && (isTransient(failure) || isFenced(failure) || holdsSubscription(failure)))
     return { committed, alone, error: failure }
   return { committed, alone }
 }

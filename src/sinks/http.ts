@@ -22,7 +22,7 @@ import { Webhook } from 'standardwebhooks'
 import { SegmenterError } from '../errors.js'
 import { httpConsumerOptions, maskSecret, parseRequest, requestUrl, type HttpConsumerOptions } from '../http-request.js'
 import type { Dialect } from '../render/index.js'
-import type { Checkpoint, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
+import type { Checkpoint, HoldsSubscription, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
 
 // The response body kept in an error (and so in a dead letter): enough to say why.
 const ERROR_BODY_CHARS = 2000
@@ -35,7 +35,7 @@ const MAX_ANSWERS_KEPT = 10_000
 const RETRY_AFTER_INLINE_MAX_MS = 60_000
 
 /** The receiver's answer other than 2xx, or no answer (status 0: refused, reset, timed out). */
-export class HttpError extends Error {
+export class HttpError extends Error implements Partial<HoldsSubscription> {
   constructor(
     message: string,
     readonly httpStatus: number,
@@ -47,11 +47,14 @@ export class HttpError extends Error {
   ) {
     super(message, { cause })
     this.name = 'HttpError'
+    // 410 Gone: the receiver says this endpoint or audience no longer exists; retrying cannot help.
+    if (httpStatus === 410) this.holdHint = goneHint
   }
+  holdHint?: (subscription: string) => string
 }
 
-/** 410 Gone: the receiver says this endpoint or audience no longer exists. */
-export const isGone = (err: unknown): err is HttpError => err instanceof HttpError && err.httpStatus === 410
+const goneHint = (subscription: string) =>
+  `the receiver answered 410 Gone: the endpoint or audience no longer exists there. Point the consumer at the right URL (segmenter.create_consumer) or drop the subscription; then select segmenter.resume('${subscription}'). Nothing was skipped: delivery resumes where it stopped`
 
 /** Retry-After as milliseconds: delay-seconds or an HTTP-date (RFC 9110 10.2.3); null if absent or malformed. */
 export function retryAfterMs(header: string | null, now = Date.now()): number | null {

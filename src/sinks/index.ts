@@ -58,8 +58,8 @@ export const compactsWindows = (consumer: Pick<ConsumerRow, 'kind'>): boolean =>
  */
 export const isTransactional = (consumer: Pick<ConsumerRow, 'kind'>): boolean => KINDS[consumer.kind]?.transactional ?? true
 
-export type { Checkpoint, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
-export { compareCheckpoints, DEFAULT_LANES, FencedError, isFenced, isLockConflict, isTransient } from './sink.js'
+export type { Checkpoint, HoldsSubscription, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
+export { compareCheckpoints, DEFAULT_LANES, FencedError, holdsSubscription, isFenced, isLockConflict, isTransient } from './sink.js'
 
 export interface ConsumerRow {
   consumer_id: string

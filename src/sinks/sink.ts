@@ -44,6 +44,17 @@ export class FencedError extends Error {
 }
 export const isFenced = (err: unknown): err is FencedError => err instanceof FencedError
 
+/**
+ * A target's answer that no retry can change, only someone acting on it (an HTTP receiver's 410
+ * Gone): the subscription is held with the error and this hint until it is resumed. Nothing is
+ * skipped; delivery resumes where it stopped.
+ */
+export interface HoldsSubscription {
+  holdHint(subscription: string): string
+}
+export const holdsSubscription = (err: unknown): err is Error & HoldsSubscription =>
+  err instanceof Error && typeof (err as Partial<HoldsSubscription>).holdHint === 'function'
+
 export const compareCheckpoints = (a: Checkpoint, b: Checkpoint): number => (a.pos === b.pos ? a.ord - b.ord : a.pos < b.pos ? -1 : 1)
 
 export interface Sink {
