@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { Webhook } from 'standardwebhooks'
+import { WebhookSigner } from '../src/http-request.js'
 import {
   benchDatabase,
   cpuByKind,
@@ -87,7 +87,7 @@ await q(`select segmenter.create_consumer('hook', 'http', 'json', 'BENCH_HOOK_UR
 
 /** The baseline: the bodies the default add template renders for the same members, POSTed one by one. */
 async function rawRound() {
-  const signer = new Webhook(SECRET)
+  const signer = new WebhookSigner(SECRET)
   const before = (await stats()).members
   const cpu = cpuByKind()
   const start = performance.now()

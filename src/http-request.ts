@@ -2,6 +2,8 @@
 // rendered json-dialect template describes (method, URL below the consumer's, body) and the
 // consumer's options with their defaults. The sink (src/sinks/http.ts) calls these; the home
 // database checks the same options when they are written (db/0012_http.sql).
+import { createHmac } from 'node:crypto'
+import { Webhook } from 'standardwebhooks'
 import { METHODS, splitRequest, TemplateError, type Method } from './render/index.js'
 
 export { METHODS, type Method } from './render/index.js'
@@ -112,4 +114,24 @@ export function httpConsumerOptions(raw: Record<string, unknown> | null | undefi
 /** A secret shown in a preview or a log: its first characters only. */
 export function maskSecret(value: string): string {
   return value.length <= 8 ? '****' : `${value.slice(0, 4)}…(${value.length} chars)`
+}
+
+/**
+ * Standard Webhooks signing (the `standardwebhooks` package: it reads the whsec_ secret, and its
+ * verify() accepts what this signs), with the HMAC-SHA256 computed by node:crypto: the package's
+ * own sign() hashes in JavaScript, about 60 times slower (0.4 of the sidecar's 2.8 µs per member
+ * of a 10,000-member body, 2026-12-01). The same key, the same bytes, the same header value
+ * (test/http_render.test.ts compares the two).
+ */
+export class WebhookSigner extends Webhook {
+  private readonly hmacKey: Buffer
+  constructor(secret: string) {
+    super(secret)
+    // The key the package decoded from the secret (a private field of its class).
+    this.hmacKey = Buffer.from((this as unknown as { key: Uint8Array }).key)
+  }
+  override sign(msgId: string, timestamp: Date, payload: string | Buffer): string {
+    const seconds = Math.floor(timestamp.getTime() / 1000)
+    return `v1,${createHmac('sha256', this.hmacKey).update(`${msgId}.${seconds}.`).update(payload).digest('base64')}`
+  }
 }

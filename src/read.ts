@@ -230,18 +230,24 @@ export async function loadMemberRows(
 ): Promise<MemberRows> {
   // Ids as they come, repeats included (Postgres returns a repeated id's row twice and the Map
   // keeps one): a Set per member cost more than the rare repeat.
+  // A segment whose templates print only the id, captured as it is stored, needs no read at all
+  // (the events name the members): its ids are not even collected.
+  const needsRead = new Map<string, boolean>()
+  const result = new Map<string, Map<string, Record<string, unknown>>>()
   const wanted = new Map<string, string[]>()
   for (const e of events) {
     if (e.memberId === null || e.row !== null) continue
+    let read = needsRead.get(e.segmentId)
+    if (read === undefined) {
+      const segment = segments.get(e.segmentId)
+      read = segment !== undefined && !(idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))
+      needsRead.set(e.segmentId, read)
+      result.set(e.segmentId, new Map())
+    }
+    if (!read) continue
     let ids = wanted.get(e.segmentId)
     if (!ids) wanted.set(e.segmentId, (ids = []))
     ids.push(e.memberId)
-  }
-  const result = new Map<string, Map<string, Record<string, unknown>>>()
-  for (const segmentId of wanted.keys()) {
-    result.set(segmentId, new Map())
-    const segment = segments.get(segmentId)
-    if (!segment || (idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))) wanted.delete(segmentId)
   }
   if (wanted.size === 0) return result
   const client = await db.connect()

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseRequest, requestUrl } from '../src/http-request.js'
+import { Webhook } from 'standardwebhooks'
+import { parseRequest, requestUrl, WebhookSigner } from '../src/http-request.js'
 import { compileTemplate, jsonValue, TemplateError, ValueError, type RenderContext, type Syntax } from '../src/render/index.js'
 
 const TEMPLATES = join(resolve(dirname(fileURLToPath(import.meta.url)), '..'), 'templates', 'http')
@@ -219,4 +220,19 @@ test('templates/http: the defaults compile for json and render the documented bo
   assert.deepEqual(body('segment_delete.json'), { ...head, event: 'segment_delete' })
   // One member per line.
   assert.equal(compileTemplate(read('add.json'), 'altcraft', 'json').render(c).trimEnd().split('\n').length, 4)
+})
+
+test('WebhookSigner signs as the standardwebhooks package does, and the package verifies it', () => {
+  for (const secret of ['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'whsec_' + Buffer.from('k'.repeat(64)).toString('base64')]) {
+    const ours = new WebhookSigner(secret)
+    const theirs = new Webhook(secret)
+    for (const payload of ['', '{"a":1}', ...HOSTILE.map((h) => JSON.stringify({ s: h })), JSON.stringify({ m: 'x'.repeat(300_000) })]) {
+      const at = new Date(1_796_000_000_123)
+      const signature = ours.sign('msg_1', at, payload)
+      assert.equal(signature, theirs.sign('msg_1', at, payload))
+      const headers = { 'webhook-id': 'msg_1', 'webhook-timestamp': String(Math.floor(Date.now() / 1000)), 'webhook-signature': '' }
+      headers['webhook-signature'] = ours.sign('msg_1', new Date(Number(headers['webhook-timestamp']) * 1000), payload)
+      assert.doesNotThrow(() => theirs.verify(payload, headers), `verifies ${JSON.stringify(payload).slice(0, 40)}`)
+    }
+  }
 })

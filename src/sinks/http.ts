@@ -18,9 +18,8 @@
 import http from 'node:http'
 import https from 'node:https'
 import type pg from 'pg'
-import { Webhook } from 'standardwebhooks'
 import { SegmenterError } from '../errors.js'
-import { httpConsumerOptions, maskSecret, parseRequest, requestUrl, type HttpConsumerOptions } from '../http-request.js'
+import { httpConsumerOptions, maskSecret, parseRequest, requestUrl, WebhookSigner, type HttpConsumerOptions } from '../http-request.js'
 import type { Dialect } from '../render/index.js'
 import type { Checkpoint, HoldsSubscription, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
 
@@ -109,7 +108,7 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     })
   }
   const headers = extraHeaders(context.consumerName, options, context.env)
-  let signer: Webhook | null = null
+  let signer: WebhookSigner | null = null
   if (options.signingSecretEnv !== null) {
     const secret = context.env[options.signingSecretEnv]
     if (!secret?.startsWith('whsec_'))
@@ -119,7 +118,7 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
         { hint: `export ${options.signingSecretEnv}=whsec_<base64 of 24 to 64 random bytes> in the sidecar's environment and restart it` },
       )
     try {
-      signer = new Webhook(secret)
+      signer = new WebhookSigner(secret)
     } catch (err) {
       throw new SegmenterError('CONFIG_INVALID', `consumer ${context.consumerName}: the signing secret is not valid base64 after whsec_`, {
         cause: err,
