@@ -10,9 +10,9 @@
 //     fresh sidecar: its peak RSS (VmHWM) and rate;
 //  4. the change log: its size on disk per captured event after the drain, and after prune().
 // Usage: node --import tsx bench/scale.ts [sizes=1000000,5000000,10000000] [batch=1000]
-// Writes bench/results/<date>-scale.json and prints the table.
+// Writes bench/results/<date>-scale.json (-scale-2.json for the day's second run, …) and prints the table.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import {
   benchDatabase,
@@ -239,7 +239,10 @@ const report = {
   drain_ratio_drop: round((first.drain_ratio as number) - (results.at(-1)!.drain_ratio as number), 2),
 }
 mkdirSync(`${ROOT}bench/results`, { recursive: true })
-const file = `${ROOT}bench/results/${report.date.slice(0, 10)}-scale.json`
+// Every run is kept: a second run of the day is -scale-2.json, and so on.
+const base = `${ROOT}bench/results/${report.date.slice(0, 10)}-scale`
+let file = `${base}.json`
+for (let n = 2; existsSync(file); n++) file = `${base}-${n}.json`
 writeFileSync(file, JSON.stringify(report, null, 2) + '\n')
 console.log(JSON.stringify(report, null, 2))
 console.log('\n| N | drain vs raw mysql2 | sidecar peak RSS, resync | home CPU, drain | sidecar CPU, drain |')
