@@ -1,6 +1,6 @@
 # Targets are documented by their `## ` comment; `make` alone lists them.
 .DEFAULT_GOAL := help
-.PHONY: help setup install typecheck format build test test-matrix test-one chaos demo bench bench-scale clean schema
+.PHONY: help setup install typecheck format build test test-matrix test-one chaos demo bench bench-scale bench-changelog clean schema
 
 help: ## list targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -56,11 +56,14 @@ schema: install ## write db/schema.sql, a pg_dump of what the migrations produce
 demo: install ## run the demo (src/demo.ts)
 	node --import tsx src/demo.ts
 
-bench: install build ## run every bench/*.ts but scale (bench/common.ts is shared code)
-	@set -e; for f in bench/*.ts; do case "$$f" in bench/common.ts|bench/scale.ts) continue;; esac; echo "== $$f"; node --import tsx "$$f"; done
+bench: install build ## run every bench/*.ts but scale and changelog (bench/common.ts is shared code)
+	@set -e; for f in bench/*.ts; do case "$$f" in bench/common.ts|bench/scale.ts|bench/changelog.ts) continue;; esac; echo "== $$f"; node --import tsx "$$f"; done
 
 bench-scale: install build ## the drain and a resync at 1M, 5M and 10M members (about 20 min); writes bench/results/DATE-scale.json
 	node --import tsx bench/scale.ts $(SIZES)
+
+bench-changelog: install build ## the change log at 100M captured events: 10M members, refreshes with 50% churn, prune, a paused subscription (about 50 min); writes bench/results/DATE-changelog.json
+	@out=bench/results/$$(date +%F)-changelog.json; node --import tsx bench/changelog.ts $(ARGS) > $$out.tmp && mv $$out.tmp $$out && echo "wrote $$out"
 
 clean: ## remove build output and leftover test/bench artifacts
 	rm -rf dist dist.next dist.old .test-servers

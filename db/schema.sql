@@ -2293,29 +2293,31 @@ COMMENT ON FUNCTION segmenter._template_fields(field text, source text, syntax t
 CREATE FUNCTION segmenter._wake(segment_ids uuid[]) RETURNS void
     LANGUAGE plpgsql
     AS $$
+declare
+  woken bigint[];
 begin
   if segment_ids is null or cardinality(segment_ids) = 0 then
     return;
   end if;
-  -- Only one open transaction per subscription enqueues (a try-lock, never a wait): otherwise a
-  -- second writer's ON CONFLICT waits for the first one's uncommitted job, blocking writers of
-  -- unrelated rows until it commits and deadlocking two transactions that write two segments in
-  -- opposite orders. A writer that skips is covered by that job or by the sidecar's sweep.
+  select array_agg(s.subscription_id order by s.subscription_id) into woken
+  from segmenter.subscriptions s where s.state = 'active' and s.segment_ids && _wake.segment_ids;
+  -- As in 0009: only one open transaction per subscription enqueues (a try-lock, never a wait).
   insert into pgboss.job (name, singleton_key, data, policy, retry_limit, expire_in, keep_until)
-  select 'segmenter_deliver', s.subscription_id::text, jsonb_build_object('subscription_id', s.subscription_id),
+  select 'segmenter_deliver', w.id::text, jsonb_build_object('subscription_id', w.id),
          'short', 0, interval '15 minutes', now() + interval '1 hour'
-  from (select s.subscription_id from segmenter.subscriptions s
-        where s.state = 'active' and s.segment_ids && _wake.segment_ids offset 0) s
-  where pg_try_advisory_xact_lock(segmenter._lock_class('enqueue'), (s.subscription_id & 2147483647)::int)
+  from unnest(woken) w(id)
+  where pg_try_advisory_xact_lock(segmenter._lock_class('enqueue'), (w.id & 2147483647)::int)
   on conflict do nothing;
-  perform pg_notify('segmenter', 'changes'); -- also when the job was skipped: wake the sidecar anyway
+  -- Also when the job was skipped: wake the sidecar anyway.
+  perform pg_notify('segmenter', case when cardinality(woken) between 1 and 100
+                                      then 'changes ' || array_to_string(woken, ' ') else 'changes' end);
 end $$;
 
 --
 -- Name: FUNCTION _wake(segment_ids uuid[]); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter._wake(segment_ids uuid[]) IS 'Private. Enqueue one delivery job per affected active subscription and NOTIFY once.';
+COMMENT ON FUNCTION segmenter._wake(segment_ids uuid[]) IS 'Private. Enqueue one delivery job per affected active subscription and NOTIFY once, naming them (up to 100).';
 
 --
 -- Name: add_members(text, text[]); Type: FUNCTION; Schema: segmenter; Owner: -
@@ -2796,7 +2798,7 @@ begin
       select 1 from segmenter.subscriptions s
       where ch.segment_id = any(s.segment_ids)
         and (ch.subscription_id is null or ch.subscription_id = s.subscription_id)
-        and s.cursor_pos < ch.pos);
+        and (s.cursor_pos, s.cursor_ord) < (ch.pos, ch.members));
   get diagnostics c = row_count;
   delete from segmenter.log where at < now() - log_keep;
   get diagnostics l = row_count;
@@ -2809,7 +2811,7 @@ end $$;
 -- Name: FUNCTION prune(changes_keep interval, log_keep interval); Type: COMMENT; Schema: segmenter; Owner: -
 --
 
-COMMENT ON FUNCTION segmenter.prune(changes_keep interval, log_keep interval) IS 'Delete changes every subscription has delivered (older than changes_keep), and log rows and replayed dead letters older than log_keep. The sidecar runs it periodically; returns what it deleted.';
+COMMENT ON FUNCTION segmenter.prune(changes_keep interval, log_keep interval) IS 'Delete changes every subscription has delivered in full (older than changes_keep), and log rows and replayed dead letters older than log_keep. The sidecar runs it periodically; returns what it deleted.';
 
 --
 -- Name: readiness(text); Type: FUNCTION; Schema: segmenter; Owner: -

@@ -44,11 +44,9 @@ export const SUBSCRIPTION_SQL = `select s.*, (extract(epoch from s.batch_timeout
   from segmenter.subscriptions s join segmenter.consumers c using (consumer_id) where s.subscription_id = $1`
 
 export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscriptionId: string): Promise<SubscriptionRow | null> {
-  const { rows } = await db.query<SubscriptionRow>({
-    name: 'segmenter:load_subscription',
-    text: SUBSCRIPTION_SQL,
-    values: [subscriptionId],
-  })
+  // Not a prepared statement: `s.*` would make one fail ("cached plan must not change result
+  // type") on its connection for good once a migration adds a column to subscriptions.
+  const { rows } = await db.query<SubscriptionRow>(SUBSCRIPTION_SQL, [subscriptionId])
   return rows[0] ?? null
 }
 

@@ -116,6 +116,7 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     .catch(() => {})
 
   let stopping = false
+  const due = new Set<string>() // subscriptions to deliver now
   // A kick that lands while the loop is busy is remembered, so the next wait returns at once.
   let kicked = false
   let notified = false
@@ -131,7 +132,10 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     { connectionString: opts.databaseUrl },
     { retryLimit: Infinity, retryTimeout: Infinity, parse: (payload: string) => payload },
   )
-  listener.notifications.on(schema, () => {
+  // 'changes', then the ids of the subscriptions it wakes (db/0015_wake_payload.sql): they start at
+  // once, before the sweep that follows every NOTIFY finds what a payload cannot name.
+  listener.notifications.on(schema, (payload: unknown) => {
+    if (typeof payload === 'string') for (const id of payload.split(' ').slice(1)) if (/^\d+$/.test(id)) due.add(id)
     notified = true
     kick()
   })
@@ -140,7 +144,6 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
   await listener.connect()
   await listener.listenTo(schema)
 
-  const due = new Set<string>() // subscriptions to deliver now
   const timers = new Map<string, NodeJS.Timeout>() // partial batches waiting for their timeout
   const failures = new Map<string, number>() // consecutive retry rounds per subscription
   // Subscriptions in backoff, and when (performance.now()) their retry is due. Nothing delivers them
@@ -233,12 +236,14 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
     while (!stopping) {
       kicked = false
       try {
-        // After a NOTIFY the sweep goes first and what it finds starts at once: the queue's fetch
-        // and complete are two more round trips (3 to 5 ms of a commit's latency, 2026-12-01). It
-        // also finds a subscription whose job another sidecar took, or whose writer skipped the job.
+        // After a NOTIFY what it names starts at once, then the sweep, and what it finds starts
+        // too, before the queue's fetch and complete (two more round trips: 3 to 5 ms of a
+        // commit's latency, 2026-12-01). The sweep also finds a subscription whose job another
+        // sidecar took, or whose writer skipped the job.
         if (notified || Date.now() - lastSweep >= pollMs) {
           notified = false
           lastSweep = Date.now()
+          dispatch()
           await sweep()
           dispatch()
         }

@@ -500,7 +500,35 @@ test('a multi-row statement sends exactly one NOTIFY', async (t) => {
   await db.query(`insert into public.test_segment (segment_id, id) select $1, 'n' || g from generate_series(1, 200) g`, [a])
   await new Promise((r) => setTimeout(r, 300))
   assert.equal(got.length, 1, `notifications: ${JSON.stringify(got)}`)
-  assert.match(got[0]!, /^segmenter:/)
+  // It names the subscriptions it wakes, so the sidecar starts them without asking which.
+  const [{ subscription_id: id }] = await db.query(`select subscription_id from segmenter.subscriptions where name = 'sa'`)
+  assert.equal(got[0], `segmenter:changes ${id}`)
+})
+
+test('the NOTIFY names the active subscriptions of the touched segments, up to 100; beyond, it names none', async (t) => {
+  const { db, a, defer } = await setup(t)
+  await subscribe(db, 'sa', 'a')
+  await subscribe(db, 'sb', 'a')
+  await subscribe(db, 'sc', 'a')
+  await db.query(`select segmenter.pause('sb')`)
+  const listener = new pg.Client({ connectionString: db.url })
+  await listener.connect()
+  defer(() => listener.end())
+  const got: string[] = []
+  listener.on('notification', (n) => got.push(n.payload ?? ''))
+  await listener.query('listen segmenter')
+  const ids = async (...names: string[]) =>
+    (await db.query(`select subscription_id from segmenter.subscriptions where name = any($1) order by subscription_id`, [names])).map(
+      (r: { subscription_id: string }) => r.subscription_id,
+    )
+  await db.query(`insert into public.test_segment (segment_id, id) values ($1, 'p1')`, [a])
+  await new Promise((r) => setTimeout(r, 200))
+  assert.deepEqual(got, [`changes ${(await ids('sa', 'sc')).join(' ')}`], 'the paused one is not named')
+  for (let i = 0; i < 100; i++) await subscribe(db, `many${i}`, 'a')
+  got.length = 0
+  await db.query(`insert into public.test_segment (segment_id, id) values ($1, 'p2')`, [a])
+  await new Promise((r) => setTimeout(r, 200))
+  assert.deepEqual(got, ['changes'], '102 active subscriptions: too many for a payload, the sweep finds them')
 })
 
 // ---------------------------------------------------------------------------------------------

@@ -119,8 +119,10 @@ test('prune deletes only changes every subscription has passed, and old log rows
   const [first] = await home.query(`select changes::int from segmenter.prune()`)
   assert.deepEqual(await home.query(`select distinct segment from segmenter.events order by 1`), [{ segment: 'a' }])
   assert.ok(first.changes >= 2)
-  // Once sa's cursor passes everything, a's changes go too; recent ones stay for inspection.
-  await home.query(`update segmenter.subscriptions set cursor_pos = (select max(pos) from segmenter.changes)`)
+  // Once sa's cursor passes everything (the last member of the last change), a's changes go too;
+  // recent ones stay for inspection.
+  await home.query(`update segmenter.subscriptions set (cursor_pos, cursor_ord) =
+    (select pos, members from segmenter.changes where pos is not null order by pos desc limit 1)`)
   await home.query(`select segmenter.add_members('a', array['4'])`)
   await home.query(`select segmenter.sequence_changes()`)
   await home.query(`select * from segmenter.prune()`)
@@ -130,4 +132,32 @@ test('prune deletes only changes every subscription has passed, and old log rows
   await home.query(`insert into segmenter.log (kind, ok, at) values ('batch', true, now() - interval '40 days'), ('batch', true, now())`)
   const [second] = await home.query(`select log::int from segmenter.prune()`)
   assert.equal(second.log, 1)
+})
+
+test('prune keeps a change a subscription has delivered only in part (its cursor inside the change)', async (t) => {
+  const home = await freshPg()
+  t.after(() => home.close())
+  await home.query(`create table seg (segment_id uuid not null, id text, actual_begin timestamptz not null default now(),
+    actual_end timestamptz not null default 'infinity', processed timestamptz not null default now())`)
+  await home.query(`select segmenter.create_segment('a', 'seg')`)
+  await home.query(`select segmenter.create_consumer('c', 'mysql', 'mysql', 'X_URL')`)
+  await home.query(`select segmenter.create_subscription('sa', 'c', array['a'], 'select 1', 'select 2', batch_size => 1000)`)
+  await home.query(`select segmenter.add_members('a', array(select 'm' || g from generate_series(1, 2500) g))`)
+  await home.query(`select segmenter.sequence_changes()`)
+  await home.query(`update segmenter.changes set at = now() - interval '2 days'`)
+  const [change] = await home.query(`select pos::text, members from segmenter.changes where event = 'add'`)
+  assert.equal(change.members, 2500, 'one change holds the 2,500 adds')
+  // A subscription paused (or held, or stopped) after its first batch: (pos, 1000) is delivered.
+  await home.query(`update segmenter.subscriptions set cursor_pos = $1, cursor_ord = 1000`, [change.pos])
+  const pending = async () =>
+    Number((await home.query(`select pending_changes from segmenter.status where subscription = 'sa'`))[0].pending_changes)
+  assert.equal(await pending(), 1500)
+  await home.query(`select * from segmenter.prune()`)
+  assert.equal(await pending(), 1500, 'prune deleted the change the cursor stands in: its 1,500 undelivered members are lost')
+  assert.equal(Number((await home.query(`select count(*) as n from segmenter.events where event = 'add'`))[0].n), 2500)
+  // Delivered in full, it goes.
+  await home.query(`update segmenter.subscriptions set cursor_ord = 2500`)
+  await home.query(`select * from segmenter.prune()`)
+  assert.equal(await pending(), 0)
+  assert.equal(Number((await home.query(`select count(*) as n from segmenter.changes where event = 'add'`))[0].n), 0)
 })

@@ -10,6 +10,7 @@ import { dirname, join, resolve } from 'node:path'
 import { test } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
+import pino from 'pino'
 import { previewSubscription } from '../src/preview.js'
 import { freshPg, type FreshPg } from './harness/db.js'
 import { SEGMENT_DDL } from './harness/fixtures.js'
@@ -194,6 +195,23 @@ test('a Retry-After outlives the sidecar that heard it: a sidecar killed while i
     Array.from({ length: 10 }, (_, i) => `m${i + 1}`).sort(),
   )
   second.kill('SIGTERM')
+})
+
+test('a migration that adds a column to subscriptions while the sidecar runs: delivery goes on (prepared reads are prepared anew)', async (t) => {
+  const defer = deferrer(t)
+  const w = await world(defer, { batchSize: 100 })
+  const logged: Array<{ msg: string; err?: unknown }> = []
+  const log = pino({ level: 'warn' }, { write: (line: string) => void logged.push(JSON.parse(line)) })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env, log }, defer)
+  const members = () => applied(w.receiver).flatMap((a) => a.members)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 10) g`, [w.segmentId])
+  await until('the first members', async () => members().length === 10)
+  // What an upgrade's migration may do while sidecars run: the subscription row gets wider.
+  await w.home.query(`alter table segmenter.subscriptions add column added_by_a_migration int`)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(11, 20) g`, [w.segmentId])
+  await until('the members after the migration', async () => members().length === 20, 30_000)
+  assert.deepEqual(w.receiver.violations, [])
+  assert.deepEqual(logged, [], 'no round failed on the way')
 })
 
 test('a receiver that rejects one member with 400: it is dead-lettered with the response, all others delivered, replay works once it is accepted', async (t) => {

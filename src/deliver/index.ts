@@ -54,13 +54,25 @@ const LOCK = `segmenter._lock_class('deliver'), $1::int`
 const prepared = new WeakSet<pg.PoolClient>()
 async function lockAndLoad(client: pg.PoolClient, subscriptionId: string): Promise<{ locked: boolean; sub: SubscriptionRow | null }> {
   if (!/^\d+$/.test(subscriptionId)) throw new Error(`not a subscription id: ${subscriptionId}`)
+  const lock = LOCK.replace('$1', subscriptionId)
   const prepare = prepared.has(client) ? '' : `prepare segmenter_load_subscription(bigint) as ${SUBSCRIPTION_SQL}; `
-  const results = (await client.query(
-    `${prepare}select pg_try_advisory_lock(${LOCK.replace('$1', subscriptionId)}) as ok; execute segmenter_load_subscription(${subscriptionId})`,
-  )) as unknown as pg.QueryResult[]
+  let results: pg.QueryResult[]
+  try {
+    results = (await client.query(
+      `${prepare}select pg_try_advisory_lock(${lock}) as ok; execute segmenter_load_subscription(${subscriptionId})`,
+    )) as unknown as pg.QueryResult[]
+  } catch (error) {
+    // A migration added a column to subscriptions: `s.*` no longer matches what was prepared
+    // ("cached plan must not change result type"). The lock the failed query may have taken is
+    // kept through the rollback (a session lock): it goes, and the read is prepared anew.
+    if (!prepared.has(client) || (error as { code?: string }).code !== '0A000') throw error
+    prepared.delete(client)
+    await client.query(`deallocate segmenter_load_subscription; select pg_advisory_unlock(${lock})`)
+    return lockAndLoad(client, subscriptionId)
+  }
   prepared.add(client)
-  const [lock, load] = results.slice(-2) as [pg.QueryResult<{ ok: boolean }>, pg.QueryResult<SubscriptionRow>]
-  return { locked: lock.rows[0]!.ok, sub: load.rows[0] ?? null }
+  const [locked, load] = results.slice(-2) as [pg.QueryResult<{ ok: boolean }>, pg.QueryResult<SubscriptionRow>]
+  return { locked: locked.rows[0]!.ok, sub: load.rows[0] ?? null }
 }
 
 /** Deliver everything that is due for one subscription. */
