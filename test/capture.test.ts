@@ -525,6 +525,8 @@ test('the NOTIFY names the active subscriptions of the touched segments, up to 1
   await new Promise((r) => setTimeout(r, 200))
   assert.deepEqual(got, [`changes ${(await ids('sa', 'sc')).join(' ')}`], 'the paused one is not named')
   for (let i = 0; i < 100; i++) await subscribe(db, `many${i}`, 'a')
+  // Creating a subscription wakes the sidecar too (its first sync): those notifications go first.
+  await new Promise((r) => setTimeout(r, 300))
   got.length = 0
   await db.query(`insert into public.test_segment (segment_id, id) values ($1, 'p2')`, [a])
   await new Promise((r) => setTimeout(r, 200))
