@@ -17,7 +17,7 @@ import { SEGMENT_DDL } from './harness/fixtures.js'
 import { startReceiver, type Receiver, type ReceiverOptions } from './harness/receiver.js'
 import { startTestSidecar } from './harness/sidecar.js'
 import { sidecarProcess } from './harness/spawn.js'
-import { deferrer, until } from './harness/wait.js'
+import { deferrer, homeCaughtUp, until } from './harness/wait.js'
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 const template = (name: string) => readFileSync(join(repo, 'templates', 'http', `${name}.json`), 'utf8')
@@ -107,11 +107,7 @@ test('100,000 members in batches of 1,000 through 503s and 429s with Retry-After
   await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, retryBaseMs: 100, env: w.env }, defer)
   await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [w.segmentId])
   await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
-  await until(
-    'caught up',
-    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
-    180_000,
-  )
+  await homeCaughtUp((sql) => w.home.query(sql), 180_000)
   const requests = w.receiver.requests
   const retried = requests.filter((r) => r.attempt > 1).length
   const limited = requests.filter((r) => r.status === 429).length
@@ -154,11 +150,7 @@ test('kill -9 of the sidecar three times during that delivery: the same result, 
   }
   const child = run()
   defer(async () => void child.kill('SIGKILL'))
-  await until(
-    'caught up',
-    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
-    180_000,
-  )
+  await homeCaughtUp((sql) => w.home.query(sql), 180_000)
   const ids = w.receiver.requests.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.id)
   t.diagnostic(`${ids.length} requests accepted for ${new Set(ids).size} distinct webhook-ids`)
   assert.ok(membersAccepted() < 110_000 * 2, 'the kills did not start the delivery over')
@@ -182,7 +174,7 @@ test('a Retry-After outlives the sidecar that heard it: a sidecar killed while i
   await exited
   const second = run()
   defer(async () => void second.kill('SIGKILL'))
-  await until('caught up', async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0, 60_000)
+  await homeCaughtUp((sql) => w.home.query(sql), 60_000)
   const [kept] = await w.home.query(`select http_status from segmenter.retry_after`)
   assert.equal(kept.http_status, 429, 'the wait is kept at home')
   assert.deepEqual(w.receiver.violations, [], 'no request came back before its Retry-After')
@@ -219,7 +211,7 @@ test('a receiver that rejects one member with 400: it is dead-lettered with the 
   const w = await world(defer, { receiver: { rejectMembers: ['m137'] }, batchSize: 100 })
   await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
   await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 1000) g`, [w.segmentId])
-  await until('caught up', async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0)
+  await homeCaughtUp((sql) => w.home.query(sql), 60_000)
   const members = () => applied(w.receiver).flatMap((a) => a.members)
   assert.equal(members().length, 999)
   assert.ok(!members().includes('m137'))
@@ -358,11 +350,7 @@ test('max_in_flight 4: requests overlap at the receiver, still every member exac
   await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, retryBaseMs: 100, env: w.env }, defer)
   await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 10000) g`, [w.segmentId])
   await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
-  await until(
-    'caught up',
-    async () => Number((await w.home.query(`select pending_changes as n from segmenter.status`))[0].n) === 0,
-    120_000,
-  )
+  await homeCaughtUp((sql) => w.home.query(sql), 120_000)
   const arrivals = w.receiver.requests.map((r) => r.at).sort((a, b) => a - b)
   const overlapping = arrivals.filter((at, i) => i > 0 && at - arrivals[i - 1]! < 100).length
   t.diagnostic(`${arrivals.length} requests, ${overlapping} arrived while another was in flight`)
