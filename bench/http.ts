@@ -27,6 +27,7 @@ import {
   procStatusMb,
   round,
   segmentTables,
+  serverCpuMs,
 } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
@@ -139,13 +140,15 @@ async function pipelineRound(r: number) {
   await q(`insert into ${name} (segment_id, id) select $1, 'member-' || g from generate_series(1, $2) g`, [seg, members])
   const commitMs = performance.now() - start
   const cpu = cpuByKind()
+  const sidecarBefore = serverCpuMs(sidecar.pid!)
   await drained(sub)
   const drainMs = performance.now() - start - commitMs
   const cpuMs = cpuSince(cpu)
+  const sidecarCpuMs = serverCpuMs(sidecar.pid!) - sidecarBefore
   const got = (await stats()).members - before
   if (got !== members) throw new Error(`pipeline delivered ${got} members, not ${members}`)
   await q(`select segmenter.drop_subscription($1)`, [`throughput_${r}`])
-  return { commitMs, drainMs, cpuMs }
+  return { commitMs, drainMs, cpuMs, sidecarCpuMs }
 }
 
 // The launcher's own heap flags (its shebang line), as users run it; BENCH_SIDECAR_NODE_ARGS adds
@@ -214,6 +217,9 @@ console.log(
       drain_ratio: round(median(ratios), 2),
       home_insert_commit_ms: pipe.map((p) => Math.round(p.commitMs)),
       drain_cpu_ms: pipe.map((p) => p.cpuMs),
+      // The sidecar process alone (its CPU is what the drain waits for: the steadier reading of
+      // a change to it than the ratio, which moves with the machine's other load).
+      sidecar_cpu_us_per_member: pipe.map((p) => round((p.sidecarCpuMs * 1000) / members, 2)),
       latency_ms: {
         commits: latencyCommits,
         p50: round(percentile(latencies, 50), 1),

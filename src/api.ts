@@ -15,15 +15,16 @@ type Db = Pick<pg.Pool, 'query'> | Pick<pg.ClientBase, 'query'>
 type Args = Record<string, readonly [value: unknown, type: string]>
 
 /** `name => $n::type` for each argument that was given (not undefined), and their values. */
-function namedArgs(args: Args): { list: string; params: unknown[] } {
-  const named: string[] = []
+/** The defined ones of `args` as `name <op> $n::type` terms (`=>`: named arguments; `=`: filters), with their values. */
+function bind(args: Args, op: '=>' | '='): { terms: string[]; params: unknown[] } {
+  const terms: string[] = []
   const params: unknown[] = []
   for (const [name, [value, type]] of Object.entries(args)) {
     if (value === undefined) continue
     params.push(value)
-    named.push(`${name} => $${params.length}::${type}`)
+    terms.push(`${name} ${op} $${params.length}::${type}`)
   }
-  return { list: named.join(', '), params }
+  return { terms, params }
 }
 
 // On the caller's connection, so the install's schema is named here (the home pool would rename it too).
@@ -37,25 +38,19 @@ async function query<T>(db: Db, sql: string, params: unknown[]): Promise<T[]> {
 
 /** The value a SQL function returns. */
 async function scalar<T>(db: Db, fn: string, args: Args): Promise<T> {
-  const { list, params } = namedArgs(args)
-  return (await query<{ result: T }>(db, `select segmenter.${fn}(${list}) as result`, params))[0]?.result as T
+  const { terms, params } = bind(args, '=>')
+  return (await query<{ result: T }>(db, `select segmenter.${fn}(${terms.join(', ')}) as result`, params))[0]?.result as T
 }
 
 /** The rows a set-returning SQL function returns. */
 async function rows<T>(db: Db, fn: string, args: Args): Promise<T[]> {
-  const { list, params } = namedArgs(args)
-  return query<T>(db, `select * from segmenter.${fn}(${list})`, params)
+  const { terms, params } = bind(args, '=>')
+  return query<T>(db, `select * from segmenter.${fn}(${terms.join(', ')})`, params)
 }
 
 /** A view's rows, those whose columns equal the filters given, in `order`. */
 async function view<T>(db: Db, name: string, filters: Args, order: string): Promise<T[]> {
-  const where: string[] = []
-  const params: unknown[] = []
-  for (const [column, [value, type]] of Object.entries(filters)) {
-    if (value === undefined) continue
-    params.push(value)
-    where.push(`${column} = $${params.length}::${type}`)
-  }
+  const { terms: where, params } = bind(filters, '=')
   return query<T>(db, `select * from segmenter.${name}${where.length ? ` where ${where.join(' and ')}` : ''} order by ${order}`, params)
 }
 

@@ -61,7 +61,7 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
 // the latency case, reads it in one round trip; a cursor would take a second to learn that
 // nothing follows, or to close.
 const changesSql = (first: boolean) => `
-  select c.pos, (extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
+  select c.pos, floor(extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
          c.segment_id, c.event, to_json(c.ids) as ids, c.members, c.rows${first ? ', c.more' : ''}
   from (select *${first ? ', lead(o.pos) over () is not null as more' : ''}
         from (select * from segmenter.changes c
@@ -82,7 +82,9 @@ interface ChangeRow {
 }
 
 // One object literal with every field in the same order: all events share one hidden class
-// (spreading a base object per event was a tenth of the sidecar's CPU in bench/delivery).
+// (spreading a base object per event was a tenth of the sidecar's CPU in bench/delivery). The age
+// is whole milliseconds (floor() above): a small integer is stored in the object itself, where a
+// fraction would take a heap number of its own per event.
 const pendingEvent = (
   c: ChangeRow,
   pos: bigint,
@@ -233,19 +235,27 @@ export async function loadMemberRows(
   const needsRead = new Map<string, boolean>()
   const result = new Map<string, Map<string, Record<string, unknown>>>()
   const wanted = new Map<string, string[]>()
+  // Events of one segment come in runs: its decision and id list are looked up once per run.
+  let runSegment: string | null = null
+  let runIds: string[] | null = null
   for (const e of events) {
     if (e.memberId === null || e.row !== null) continue
-    let read = needsRead.get(e.segmentId)
-    if (read === undefined) {
-      const segment = segments.get(e.segmentId)
-      read = segment !== undefined && !(idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))
-      needsRead.set(e.segmentId, read)
-      result.set(e.segmentId, new Map())
+    if (e.segmentId !== runSegment) {
+      runSegment = e.segmentId
+      let read = needsRead.get(e.segmentId)
+      if (read === undefined) {
+        const segment = segments.get(e.segmentId)
+        read = segment !== undefined && !(idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))
+        needsRead.set(e.segmentId, read)
+        result.set(e.segmentId, new Map())
+      }
+      runIds = null
+      if (read) {
+        runIds = wanted.get(e.segmentId) ?? []
+        wanted.set(e.segmentId, runIds)
+      }
     }
-    if (!read) continue
-    let ids = wanted.get(e.segmentId)
-    if (!ids) wanted.set(e.segmentId, (ids = []))
-    ids.push(e.memberId)
+    runIds?.push(e.memberId)
   }
   if (wanted.size === 0) return result
   const client = await db.connect()
@@ -427,5 +437,17 @@ export function columnsFor(segment: SegmentInfo, fields: Iterable<string>): stri
 /** A batch's members in batch order: the looked-up row, the row captured at DELETE, or just the keys. */
 export function membersOf(segment: SegmentInfo, events: PendingEvent[], rows: MemberRows): Array<Record<string, unknown>> {
   const byId = rows.get(segment.segment_id)
-  return events.map((e) => e.row ?? byId?.get(e.memberId!) ?? { segment_id: segment.segment_id, id: e.memberId })
+  const segmentId = segment.segment_id
+  const members: Array<Record<string, unknown>> = new Array(events.length)
+  // No rows read (templates that print only ids): no lookup per member, whose hashing of each id
+  // was most of the time here.
+  if (byId === undefined || byId.size === 0) {
+    for (let i = 0; i < events.length; i++) members[i] = events[i]!.row ?? { segment_id: segmentId, id: events[i]!.memberId }
+    return members
+  }
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!
+    members[i] = e.row ?? byId.get(e.memberId!) ?? { segment_id: segmentId, id: e.memberId }
+  }
+  return members
 }

@@ -176,9 +176,9 @@ export async function startSidecar(opts: SidecarOptions): Promise<Sidecar> {
       if (result.kind === 'retry') {
         const n = (failures.get(id) ?? 0) + 1
         failures.set(id, n)
-        // Never sooner than the target asked (an HTTP receiver's Retry-After).
-        const asked = (result.error as { retryAfterMs?: number | null })?.retryAfterMs ?? 0
-        const delay = Math.max(asked, retryDelay(n, opts.retryBaseMs ?? 500, opts.retryMaxMs ?? 30_000))
+        // An HTTP receiver's Retry-After is not waited here: the sink kept it at home
+        // (segmenter.retry_after), and the next round waits what is left of it.
+        const delay = retryDelay(n, opts.retryBaseMs ?? 500, opts.retryMaxMs ?? 30_000)
         log.warn({ subscription: id, attempt: n, delayMs: delay, err: (result.error as Error)?.message }, 'target unavailable; retrying')
         backoff.set(id, performance.now() + delay)
         schedule(id, delay, () => backoff.delete(id))

@@ -189,6 +189,23 @@ test('a Retry-After outlives the sidecar that heard it: a sidecar killed while i
   second.kill('SIGTERM')
 })
 
+test('a Retry-After heard on the last attempt the sink makes is waited by the next round too', async (t) => {
+  const defer = deferrer(t)
+  // Seven 429s with Retry-After: 1 per webhook-id: the sink gives up after its five attempts, and
+  // the round after that must not send before the fifth's Retry-After either.
+  const w = await world(defer, { receiver: { rateLimit: 1, rateLimitTimes: 7, retryAfterSeconds: 1 } })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 10) g`, [w.segmentId])
+  await homeCaughtUp((sql) => w.home.query(sql), 60_000)
+  assert.deepEqual(w.receiver.violations, [], 'no request came back before its Retry-After')
+  assert.deepEqual(
+    w.receiver.requests.map((r) => r.status),
+    [429, 429, 429, 429, 429, 429, 429, 200],
+    'one batch: seven 429s (five in one round, two in the next), then accepted',
+  )
+  assert.equal(applied(w.receiver).flatMap((a) => a.members).length, 10)
+})
+
 test('a migration that adds a column to subscriptions while the sidecar runs: delivery goes on (prepared reads are prepared anew)', async (t) => {
   const defer = deferrer(t)
   const w = await world(defer, { batchSize: 100 })

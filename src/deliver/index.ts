@@ -181,18 +181,21 @@ export async function deliverSubscription(
       ahead = null
       // The scope holds batch_size, and with it the window size.
       const hit = prefetched !== null && compareCheckpoints(prefetched.from, from) === 0 && prefetched.scope === scopeOf(sub)
-      // The subscription's segments are read with its changes (one round trip, not two after each
-      // other): a segment without events in this window costs a row of the answer.
+      // In the call's first window the subscription's segments are read beside its changes (one
+      // round trip, not two after each other: the latency of a lone change); later, only once
+      // there are changes (the window that finds none, which ends every call, reads nothing more).
       const [pending, ofSub] = hit
         ? [prefetched.pending, null]
-        : await Promise.all([readPending(lockClient, sub, from, window), loadSegments(ctx.pool, sub.segment_ids)])
+        : lastWindowSink === null
+          ? await Promise.all([readPending(lockClient, sub, from, window), loadSegments(ctx.pool, sub.segment_ids)])
+          : [await readPending(lockClient, sub, from, window), null]
       if (pending.length === 0) {
         await reconcileCursor(ctx.pool, sub, from)
         return { kind: 'idle' }
       }
       const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, window)
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
-      const segments = hit ? prefetched.segments : ofSub!
+      const segments = hit ? prefetched.segments : (ofSub ?? (await loadSegments(ctx.pool, sub.segment_ids)))
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
       const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
       const round: Round = { ctx, sink, sub, segments, members, logRows }

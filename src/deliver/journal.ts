@@ -61,7 +61,8 @@ export async function recordSending(
       to.pos.toString(),
       to.ord,
       requestId(sub.sync_key, from, to),
-      statements.join(''),
+      // One statement (an HTTP request) is passed as it is: a join would copy it.
+      statements.length === 1 ? statements[0]! : statements.join(''),
       statements.map((st) => st.length),
       batches.map((b) => b.batch.segmentId),
       batches.map((b) => b.batch.event),

@@ -155,21 +155,21 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
   }
 
   /** One attempt: the status of a 2xx answer, or an HttpError. */
-  const attempt = async (id: string, method: string, target: string, body: string): Promise<number> => {
+  const attempt = async (id: string, method: string, target: string, body: Buffer | undefined): Promise<number> => {
     if (limited) await takeToken()
     const h: Record<string, string> = { ...headers, 'content-type': 'application/json', 'idempotency-key': id }
     if (signer) {
       const now = new Date()
       h['webhook-id'] = id
       h['webhook-timestamp'] = Math.floor(now.getTime() / 1000).toString()
-      h['webhook-signature'] = signer.sign(id, now, body)
+      h['webhook-signature'] = signer.sign(id, now, body ?? '')
     }
     const abort = new AbortController()
     inFlight.add(abort)
     const timer = setTimeout(() => abort.abort(new Error(`no answer within ${options.timeoutMs} ms`)), options.timeoutMs)
     let response: Answer
     try {
-      response = await exchange(agent, target, method, h, method === 'GET' || body === '' ? undefined : body, abort.signal)
+      response = await exchange(agent, target, method, h, body, abort.signal)
     } catch (err) {
       const why = abort.signal.aborted ? String((abort.signal.reason as Error)?.message ?? abort.signal.reason) : (err as Error).message
       const code = (err as NodeJS.ErrnoException).code
@@ -195,19 +195,22 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     const { id, rendered } = splitRecorded(statement)
     const { method, path, body } = parseRequest(rendered, options.method)
     const target = requestUrl(url, path)
+    // Encoded once for the signature, the length and the socket, and for every attempt.
+    const payload = method === 'GET' || body === '' ? undefined : Buffer.from(body)
     for (let n = 1; ; n++) {
       try {
-        const status = await attempt(id, method, target, body)
+        const status = await attempt(id, method, target, payload)
         // Answers whose batch was never logged (its group failed later) must not pile up.
         if (answers.size >= MAX_ANSWERS_KEPT) answers.clear()
         answers.set(id, { http_status: status, attempts: n })
         return
       } catch (err) {
         const e = err as HttpError
-        if (!(e instanceof HttpError) || !e.httpTransient || n >= ATTEMPTS) throw err
-        // Kept at home first: a sidecar that takes over (this one killed while it waits) waits too.
+        if (!(e instanceof HttpError) || !e.httpTransient) throw err
+        // Kept at home first: every round of the consumer's subscriptions, in this sidecar or one
+        // that takes over (this one killed while it waits), starts only once it has passed.
         if (e.retryAfterMs !== null) await keepRetryAfter(e)
-        if (e.retryAfterMs !== null && e.retryAfterMs > RETRY_AFTER_INLINE_MAX_MS) throw err
+        if (n >= ATTEMPTS || (e.retryAfterMs !== null && e.retryAfterMs > RETRY_AFTER_INLINE_MAX_MS)) throw err
         // The receiver's Retry-After exactly (no earlier), else exponential backoff with full jitter.
         await sleep(e.retryAfterMs ?? Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (n - 1)))
       }
@@ -309,12 +312,12 @@ function exchange(
   target: string,
   method: string,
   headers: Record<string, string>,
-  body: string | undefined,
+  body: Buffer | undefined,
   signal: AbortSignal,
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const send = target.startsWith('https:') ? https.request : http.request
-    const withLength = body === undefined ? headers : { ...headers, 'content-length': String(Buffer.byteLength(body)) }
+    const withLength = body === undefined ? headers : { ...headers, 'content-length': String(body.length) }
     const req = send(target, { method, headers: withLength, agent, signal }, (res) => {
       const chunks: Buffer[] = []
       let kept = 0

@@ -22,8 +22,10 @@ export interface ReceiverOptions {
   secret?: string
   /** Fraction (0..1) of webhook-ids whose first attempt is answered 503. (Default: 0) */
   failFirst?: number
-  /** Fraction (0..1) of requests answered 429 with `Retry-After: retryAfterSeconds`; at most twice per id. (Default: 0) */
+  /** Fraction (0..1) of requests answered 429 with `Retry-After: retryAfterSeconds`; at most `rateLimitTimes` per id. (Default: 0) */
   rateLimit?: number
+  /** (Default: 2) */
+  rateLimitTimes?: number
   /** (Default: 1) */
   retryAfterSeconds?: number
   /** Answer 503 with this Retry-After (seconds) to those first attempts. (Default: none) */
@@ -199,7 +201,11 @@ export async function startReceiver(initial: ReceiverOptions = {}): Promise<Rece
         }
       }
       const seed = options.seed ?? 1
-      if ((options.rateLimit ?? 0) > 0 && (limited.get(id) ?? 0) < 2 && chance(seed, `429\0${id}\0${attempt}`) < options.rateLimit!) {
+      if (
+        (options.rateLimit ?? 0) > 0 &&
+        (limited.get(id) ?? 0) < (options.rateLimitTimes ?? 2) &&
+        chance(seed, `429\0${id}\0${attempt}`) < options.rateLimit!
+      ) {
         const s = options.retryAfterSeconds ?? 1
         limited.set(id, (limited.get(id) ?? 0) + 1)
         notBefore.set(id, at + s * 1000)
