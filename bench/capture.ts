@@ -48,6 +48,16 @@ const steal = {
   insert: { plain: [] as number[], registered: [] as number[] },
   update: { plain: [] as number[], registered: [] as number[] },
 }
+// CPU of every other process on the machine meanwhile (all processes minus this server): the load
+// the timed statement shared the two cores with.
+const others = {
+  insert: { plain: [] as number[], registered: [] as number[] },
+  update: { plain: [] as number[], registered: [] as number[] },
+}
+const machineCpu = () => {
+  const k = cpuByKind()
+  return k.postgres + k.mariadb + k.node + k.other
+}
 // The server's CPU is readable only for a server this bench started (not BENCH_DATABASE_URL).
 const serverCpu = db.dataDir ? () => serverCpuMs(postmasterPid(db.dataDir!)) : () => NaN
 const progress = (msg: string) => process.stderr.write(`[capture] ${new Date().toISOString().slice(11, 19)} ${msg}\n`)
@@ -65,9 +75,11 @@ async function measure(op: 'insert' | 'update', kind: 'plain' | 'registered', fn
   await quiesce()
   const cpu0 = serverCpu()
   const steal0 = cpuByKind().steal
+  const machine0 = machineCpu()
   times[op][kind].push(await timed(fn))
   cpu[op][kind].push(serverCpu() - cpu0)
   steal[op][kind].push(cpuByKind().steal - steal0)
+  others[op][kind].push(machineCpu() - machine0 - cpu[op][kind].at(-1)!)
   const i = times[op][kind].length - 1
   progress(
     `${op} ${kind}: ${round(times[op][kind][i]!, 0)} ms, cpu ${round(cpu[op][kind][i]!, 0)} ms, steal ${round(steal[op][kind][i]!, 0)} ms`,
@@ -96,10 +108,16 @@ const rounded = (x: typeof times) =>
 const captured = await q(
   `select event, sum(cardinality(ids))::bigint as n from segmenter.changes where subscription_id is null and ids is not null group by event order by event`,
 )
+// The settings the capture triggers run with (their SET clauses: work_mem, hash_mem_multiplier).
+const triggerSettings = await q(
+  `select p.proname, p.proconfig from pg_proc p where p.pronamespace = 'segmenter'::regnamespace
+   and p.proname in ('tg_segment_table__capture_insert', 'tg_segment_table__capture_update') order by p.proname`,
+)
 const report = {
   benchmark: 'capture',
   members,
   rounds,
+  trigger_settings: Object.fromEntries(triggerSettings.rows.map((r) => [r.proname, r.proconfig])),
   insert_ms: { plain: round(median(times.insert.plain), 0), registered: round(median(times.insert.registered), 0) },
   update_ms: { plain: round(median(times.update.plain), 0), registered: round(median(times.update.registered), 0) },
   insert_ratio: round(median(times.insert.registered) / median(times.insert.plain), 2),
@@ -114,6 +132,7 @@ const report = {
   all_ms: rounded(times),
   all_cpu_ms: rounded(cpu),
   all_steal_ms: rounded(steal),
+  all_other_processes_cpu_ms: rounded(others),
   last_round_events: Object.fromEntries(captured.rows.map((r) => [r.event, Number(r.n)])),
 }
 console.log(JSON.stringify(report, null, 2))

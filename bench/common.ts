@@ -6,11 +6,14 @@ import pg from 'pg'
 import { migrate } from '../src/migrate.js'
 import { startMariadb, startPostgres, type PgServer } from '../test/harness/servers.js'
 
-export async function benchDatabase(): Promise<{ url: string; pool: pg.Pool; dataDir: string | undefined; stop(): Promise<void> }> {
+/** `pgOptions`: settings (`-c name=value`) for the server it starts, over the tests' defaults. */
+export async function benchDatabase(
+  pgOptions: string[] = [],
+): Promise<{ url: string; pool: pg.Pool; dataDir: string | undefined; stop(): Promise<void> }> {
   let server: PgServer | undefined
   let url = process.env.BENCH_DATABASE_URL
   if (!url) {
-    server = await startPostgres()
+    server = await startPostgres(pgOptions)
     url = server.url
   }
   await migrate(url)

@@ -9,10 +9,16 @@
 //  3. resync: a new subscription of the same N members (a snapshot, as resync takes) drained by a
 //     fresh sidecar: its peak RSS (VmHWM) and rate;
 //  4. the change log: its size on disk per captured event after the drain, and after prune().
+// The home runs with shared_buffers sized like a production server that holds 10M-member segments
+// (SCALE_SHARED_BUFFERS, default 6GB: a quarter of the build machine's 24 GiB, the usual advice),
+// not the tests' 256MB: from 5M members on, the segment table and its index outgrow 256MB, and the
+// drain's first reads then evict and write back pages, a cost of that small cache, not of capture
+// or delivery (SCALE_SHARED_BUFFERS=256MB repeats the earlier runs' setting). pg_stat_statements
+// records what the drain's statements read, hit, dirtied and wrote in shared buffers.
 // Usage: node --import tsx bench/scale.ts [sizes=1000000,5000000,10000000] [batch=1000]
 // Writes bench/results/<date>-scale.json (-scale-2.json for the day's second run, …) and prints the table.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import {
   benchDatabase,
@@ -34,13 +40,36 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const progress = (msg: string) => process.stderr.write(`[scale] ${new Date().toISOString().slice(11, 19)} ${msg}\n`)
 
-const home = await benchDatabase()
+const sharedBuffers = process.env.SCALE_SHARED_BUFFERS ?? '6GB'
+const home = await benchDatabase([`-c shared_buffers=${sharedBuffers}`, '-c shared_preload_libraries=pg_stat_statements'])
 const maria = await benchMysql()
 if (!home.dataDir || !maria.pid) throw new Error('bench/scale measures its own servers: unset BENCH_DATABASE_URL and BENCH_MYSQL_URL')
 // CPU of these two servers only: tests or other benches running meanwhile do not count.
 const homeCpuMs = () => serverCpuMs(postmasterPid(home.dataDir!))
 const mariaCpuMs = () => serverCpuMs(maria.pid!())
 const q = (sql: string, params?: unknown[]) => home.pool.query(sql, params)
+await q('create extension if not exists pg_stat_statements')
+const homeSettings = Object.fromEntries(
+  (
+    await q(
+      `select name, current_setting(name) as value from pg_settings
+       where name in ('shared_buffers', 'work_mem', 'effective_cache_size', 'max_wal_size', 'fsync', 'server_version') order by name`,
+    )
+  ).rows.map((r) => [r.name, r.value]),
+)
+/** Shared-buffer traffic of the drain's statements (all but the bench's own), since the reset. */
+const drainBuffers = async () =>
+  Object.fromEntries(
+    Object.entries(
+      (
+        await q(`select coalesce(sum(calls), 0)::bigint as calls, coalesce(sum(shared_blks_hit), 0)::bigint as hit,
+           coalesce(sum(shared_blks_read), 0)::bigint as read, coalesce(sum(shared_blks_dirtied), 0)::bigint as dirtied,
+           coalesce(sum(shared_blks_written), 0)::bigint as written, coalesce(sum(temp_blks_written), 0)::bigint as temp_written
+         from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+           and query not like 'insert into scale_%' and query not like '%pg_stat_statements%'`)
+      ).rows[0],
+    ).map(([k, v]) => [k, Number(v)]),
+  )
 const target = await mysqlDatabase(maria.url, 'bench_scale')
 process.env.BENCH_TARGET_URL = target.url
 await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
@@ -97,6 +126,43 @@ function processCpuMs(pid: number): number {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(f[11]) + Number(f[12])) * 10
 }
+/**
+ * CPU (ms) of the home's autovacuum workers from now until stop(), sampled every 100 ms (a worker
+ * that exits loses at most its last 100 ms). Autovacuum of the freshly loaded table starts within
+ * its one-minute nap: inside the longer drains, maybe after a short one; the home CPU figure
+ * includes it, so it is also given on its own.
+ */
+function autovacuumCpu(): { stop(): number } {
+  const postmaster = postmasterPid(home.dataDir!)
+  const first = new Map<number, number>()
+  const last = new Map<number, number>()
+  const sample = (initial: boolean) => {
+    for (const p of readdirSync('/proc')) {
+      if (!/^\d+$/.test(p)) continue
+      try {
+        const stat = readFileSync(`/proc/${p}/stat`, 'utf8')
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+        if (Number(f[1]) !== postmaster || !readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('autovacuum worker')) continue
+        const ms = (Number(f[11]) + Number(f[12])) * 10
+        if (initial) first.set(Number(p), ms)
+        last.set(Number(p), ms)
+      } catch {
+        /* exited meanwhile */
+      }
+    }
+  }
+  sample(true)
+  const timer = setInterval(() => sample(false), 100)
+  return {
+    stop() {
+      clearInterval(timer)
+      sample(false)
+      let ms = 0
+      for (const [p, v] of last) ms += v - (first.get(p) ?? 0)
+      return ms
+    },
+  }
+}
 /** The change log on disk: the table, its TOAST (the id arrays) and its indexes. */
 const changeLogBytes = async () => Number((await q(`select pg_total_relation_size('segmenter.changes') as n`)).rows[0].n)
 
@@ -123,6 +189,7 @@ for (const n of sizes) {
   let child = startSidecar()
   await drainedBy(drainSub, child)
   await sleep(1000)
+  await q('select pg_stat_statements_reset()')
   const insertStart = performance.now()
   await q(
     `insert into ${table} (segment_id, id, hash_email) select $1, 'member-' || g, lpad(to_hex(g), 32, '0') from generate_series(1, $2) g`,
@@ -131,6 +198,7 @@ for (const n of sizes) {
   const insertMs = performance.now() - insertStart
   const cpu = cpuByKind()
   const [home0, maria0, sidecar0] = [homeCpuMs(), mariaCpuMs(), processCpuMs(child.pid!)]
+  const autovacuum = autovacuumCpu()
   const drainStart = performance.now()
   await drainedBy(drainSub, child)
   const drainMs = performance.now() - drainStart
@@ -140,7 +208,16 @@ for (const n of sizes) {
     mariaCpuMs() - maria0,
     processCpuMs(child.pid!) - sidecar0,
   ]
+  const drainAutovacuumCpuMs = autovacuum.stop()
   const drainPeakMb = procStatusMb(child.pid!, 'VmHWM')
+  const drainBufferTraffic = await drainBuffers()
+  const tableStats = (
+    await q(
+      `select autovacuum_count::int as autovacuum, autoanalyze_count::int as autoanalyze, vacuum_count::int as vacuum
+             from pg_stat_user_tables where relid = $1::regclass`,
+      [table],
+    )
+  ).rows[0]
   await stopSidecar(child)
   if ((await count('members')) !== n) throw new Error(`drain of ${n}: ${await count('members')} rows in the target`)
   const logBytes = await changeLogBytes()
@@ -203,6 +280,12 @@ for (const n of sizes) {
     home_insert_ms: Math.round(insertMs),
     home_cpu_s: round(drainHomeCpuMs / 1000, 1),
     home_cpu_us_per_member: round((drainHomeCpuMs * 1000) / n, 2),
+    // Of home_cpu_s: the autovacuum workers' (the new table's first vacuum and analyze, when they
+    // fall inside the drain), and the rest per member.
+    home_autovacuum_cpu_s: round(drainAutovacuumCpuMs / 1000, 1),
+    home_cpu_us_per_member_without_autovacuum: round(((drainHomeCpuMs - drainAutovacuumCpuMs) * 1000) / n, 2),
+    // The segment table's autovacuum runs by the end of the drain (pg_stat_user_tables).
+    table_autovacuum_by_drain_end: tableStats,
     sidecar_cpu_s: round(drainSidecarCpuMs / 1000, 1),
     sidecar_cpu_us_per_member: round((drainSidecarCpuMs * 1000) / n, 2),
     mariadb_cpu_s: round(drainMariaCpuMs / 1000, 1),
@@ -211,6 +294,8 @@ for (const n of sizes) {
     resync_rows_per_s: Math.round(n / (resyncMs / 1000)),
     resync_idle_rss_mb: round(idleMb ?? NaN, 0),
     resync_peak_rss_mb: round(resyncPeakMb ?? NaN, 0),
+    // Blocks (8 kB) of the drain's statements in shared buffers: hit, read from outside, dirtied, written out.
+    drain_shared_blocks: drainBufferTraffic,
     member_rows_read_10k: memberRowsPlan,
     changes_read_2: changesPlan,
     change_log_events: events,
@@ -228,6 +313,8 @@ const report = {
   date: new Date().toISOString(),
   batch_size: batch,
   launcher_flags: launcherFlags(),
+  // The home server's settings (shared_buffers: see the top of this file).
+  home_settings: homeSettings,
   target_peak_rss_mb: 250,
   sizes: results,
   // What issue 15 asks: RSS at most 250 MB and within 10% across the sizes; the drain ratio at the

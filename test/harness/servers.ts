@@ -168,7 +168,11 @@ async function waitReady(kind: string, logFile: string, probe: () => Promise<voi
   }
 }
 
-export async function startPostgres(): Promise<PgServer> {
+/**
+ * `options`: more server settings (`-c name=value`), after the defaults and SEGMENTER_TEST_PG_OPTIONS,
+ * so they override both (a bench's home sized like a production server; the tests pass none).
+ */
+export async function startPostgres(options: string[] = []): Promise<PgServer> {
   const { pgCtl, initdb } = pgBins()
   const port = await freePort()
   const root = await makeRoot('pg', 'postgres')
@@ -187,6 +191,7 @@ export async function startPostgres(): Promise<PgServer> {
     '-c shared_buffers=256MB',
     // For profiling, e.g. '-c shared_preload_libraries=pg_stat_statements'.
     ...(process.env.SEGMENTER_TEST_PG_OPTIONS ? [process.env.SEGMENTER_TEST_PG_OPTIONS] : []),
+    ...options,
   ].join(' ')
   const command = asUser('postgres', pgCtl, ['-D', dataDir, '-l', logFile, '-w', '-t', '60', '-o', opts, 'start'])
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`
