@@ -52,7 +52,7 @@ export async function readWindow(
       client.release(error as Error)
       throw error
     }
-    const segments = await loadSegments(pool, segmentsOf(pending))
+    const segments = await loadSegments(pool, [...new Set(pending.map((e) => e.segmentId))])
     const members = await loadMemberRows(pool, segments, pending, columnsOf)
     // A partial window's plan depends on its events' age when it is used; a full one's does not.
     const planned = pending.length === size ? planWindow(sub, pending, size) : null
@@ -65,14 +65,4 @@ export async function readWindow(
   } finally {
     clearTimeout(timer)
   }
-}
-
-/** The distinct segments of a window's events (which come in runs of one segment). */
-export function segmentsOf(events: PendingEvent[]): string[] {
-  const ids = new Set<string>()
-  let last: string | null = null
-  for (const e of events) {
-    if (e.segmentId !== last) ids.add((last = e.segmentId))
-  }
-  return [...ids]
 }

@@ -17,7 +17,6 @@ import { analyzeJson } from './json.js'
 import { analyze, endsWord, type Piece } from './lexer.js'
 import {
   fieldValue,
-  JSON_CARE,
   renderSlot,
   SqlFragment,
   templateError,
@@ -276,14 +275,9 @@ function generateJson(root: Node[], texts: string[], contexts: SlotContext[]): (
       })
       .join('\n')
   const body = code(root, 'undefined', '0')
-  const inBody = slots.map((n) => contexts[n.slot]!.kind === 'json')
   const slot = (k: number, ctx: RenderContext, lead: Record<string, unknown> | undefined, index: number) => {
     const n = slots[k]!
-    const value = n.value(ctx, lead, index)
-    // The common value, a string with nothing to escape, as jsonString writes it, without the
-    // general checks on the way there.
-    if (typeof value === 'string' && inBody[k] && !JSON_CARE.test(value)) return `"${value}"`
-    return renderSlot(value, contexts[n.slot]!, 'json', n.what)
+    return renderSlot(n.value(ctx, lead, index), contexts[n.slot]!, 'json', n.what)
   }
   return new Function('slot', `return function render(ctx) { let out = ''; const last = true; ${body} return out }`)(slot)
 }
