@@ -16,50 +16,137 @@ export interface PendingEvent {
   row: Record<string, unknown> | null // the deleted row, for removes captured from DELETE
 }
 
+/**
+ * A captured change as read for a window. Its member ids stay the JSON text Postgres sent until a
+ * batch of them is rendered (memberIds): a window of 100,000 events kept as one object and one id
+ * string per member lived across many young-generation collections and was promoted, and the
+ * collector moving it was a third of the sidecar's CPU (bench/http, 2026-12-01).
+ */
+export interface Change {
+  pos: bigint
+  ageMs: number // age of the change, measured by Postgres' clock
+  segmentId: string
+  event: EventType // as delivered: a clear without a clear template goes as removes
+  /** The members' ids, a JSON array; null where its one event names no member (a segment event, a clear sent whole). */
+  ids: string | null
+  rows: Array<Record<string, unknown> | null> | null // the deleted rows, for removes captured from DELETE
+}
+
+/** Events ord from+1 .. to of a change: of its members, or its one event where it names none. */
+export interface Span {
+  change: Change
+  from: number
+  to: number
+}
+
 export interface Batch {
   event: EventType
   segmentId: string
-  events: PendingEvent[]
+  /** How many events it has: members, or 1 for a segment-level event (0: all were compacted away). */
+  size: number
+  /** Where its first event is (its version and request id); null without events. */
+  first: Checkpoint | null
   /** Checkpoint after this batch: covers events compacted away before the next batch. */
   through: Checkpoint
+  /** Its events, made anew on each call: the objects die with the batch's rendering. */
+  makeEvents(): PendingEvent[]
 }
 
 export interface FlushPlan {
-  flush: PendingEvent[]
+  flush: Span[]
   waitMs: number | null
+}
+
+/** How many events the spans hold. */
+export function eventCount(spans: Span[]): number {
+  let n = 0
+  for (let i = 0; i < spans.length; i++) n += spans[i]!.to - spans[i]!.from
+  return n
+}
+
+/** Where the spans end: the position of their last event. */
+export function endOf(spans: Span[]): Checkpoint {
+  const last = spans[spans.length - 1]!
+  return { pos: last.change.pos, ord: last.to }
+}
+
+// The ids of the changes parsed last. A change's batches are rendered one after another, so it is
+// parsed once, and only a few changes' ids live as strings at a time. Four: a window whose member
+// rows are read (at most 20,000 events, two changes of the capture's 10,000) has its ids parsed
+// for that read, then for its batches, while the window read ahead of it parses its own.
+const PARSED_KEPT = 4
+const parsed: Array<{ change: Change; ids: string[] }> = []
+
+/** The member ids of a change that names members. */
+export function memberIds(change: Change): string[] {
+  for (const p of parsed) if (p.change === change) return p.ids
+  const ids = JSON.parse(change.ids!) as string[]
+  parsed.unshift({ change, ids })
+  if (parsed.length > PARSED_KEPT) parsed.pop()
+  return ids
+}
+
+/** The events of a span, appended to `out`. */
+export function spanEvents(span: Span, out: PendingEvent[] = []): PendingEvent[] {
+  const c = span.change
+  const ids = c.ids === null ? null : memberIds(c)
+  // One object literal with every field in the same order: all events share one hidden class.
+  for (let ord = span.from + 1; ord <= span.to; ord++) {
+    out.push({
+      pos: c.pos,
+      ord,
+      ageMs: c.ageMs,
+      segmentId: c.segmentId,
+      event: c.event,
+      memberId: ids === null ? null : ids[ord - 1]!,
+      row: c.rows?.[ord - 1] ?? null,
+    })
+  }
+  return out
 }
 
 /**
  * Which pending events go now. Everything, if the oldest member event waited batch_timeout, or if
  * it ends in a segment-level event; otherwise whole batches only, and the rest waits.
  */
-export function planFlush(pending: PendingEvent[], batchSize: number, timeoutMs: number, windowFull: boolean): FlushPlan {
-  // Loops without copies or callbacks: this runs over every event of every window (with forEach,
-  // slice and reduce it was 48 ms of the sidecar's CPU per 1M members in a profile of bench/http).
+export function planFlush(pending: Span[], batchSize: number, timeoutMs: number, windowFull: boolean): FlushPlan {
+  // A span of a segment-level event is that one event, so the last barrier is a span.
   let lastBarrier = -1
   for (let i = pending.length - 1; i >= 0; i--) {
-    if (!MEMBER_EVENTS.has(pending[i]!.event)) {
+    if (!MEMBER_EVENTS.has(pending[i]!.change.event)) {
       lastBarrier = i
       break
     }
   }
-  const tailLength = pending.length - (lastBarrier + 1)
+  const tail = pending.slice(lastBarrier + 1)
+  const tailLength = eventCount(tail)
   if (tailLength === 0) return { flush: pending, waitMs: null }
-  const oldestAge = maxAge(pending, lastBarrier + 1, pending.length, -Infinity)
+  const oldestAge = maxAge(tail, -Infinity)
   if (!windowFull && oldestAge >= timeoutMs) return { flush: pending, waitMs: null }
   // A full window shorter than one batch (batch_size above the read window): waiting would read
   // the same window forever, so it goes (up to its last segment-level event, if any).
   if (windowFull && tailLength < batchSize) return { flush: lastBarrier >= 0 ? pending.slice(0, lastBarrier + 1) : pending, waitMs: null }
   const whole = Math.floor(tailLength / batchSize) * batchSize
-  const cut = lastBarrier + 1 + whole
-  const flush = cut === pending.length ? pending : pending.slice(0, cut)
-  const restAge = maxAge(pending, cut, pending.length, 0)
-  return { flush, waitMs: cut < pending.length && !windowFull ? Math.max(0, timeoutMs - restAge) : null }
+  if (whole === tailLength) return { flush: pending, waitMs: null }
+  // The whole batches of the tail, the last span cut where they end.
+  const flush = pending.slice(0, lastBarrier + 1)
+  const rest: Span[] = []
+  let taken = 0
+  for (const s of tail) {
+    const take = Math.min(s.to - s.from, whole - taken)
+    if (take === s.to - s.from) flush.push(s)
+    else {
+      if (take > 0) flush.push({ change: s.change, from: s.from, to: s.from + take })
+      rest.push(take > 0 ? { change: s.change, from: s.from + take, to: s.to } : s)
+    }
+    taken += take
+  }
+  return { flush, waitMs: windowFull ? null : Math.max(0, timeoutMs - maxAge(rest, 0)) }
 }
 
-function maxAge(events: PendingEvent[], from: number, to: number, initial: number): number {
+function maxAge(spans: Span[], initial: number): number {
   let m = initial
-  for (let i = from; i < to; i++) if (events[i]!.ageMs > m) m = events[i]!.ageMs
+  for (const s of spans) if (s.change.ageMs > m) m = s.change.ageMs
   return m
 }
 
@@ -102,16 +189,85 @@ export function compact(events: PendingEvent[]): PendingEvent[] {
   return out.filter((e): e is PendingEvent => e !== null)
 }
 
+/** A batch of events already made (compacted ones, a split half, a preview's sample). */
+export function batchOf(event: EventType, segmentId: string, events: PendingEvent[], through: Checkpoint): Batch {
+  const first = events[0]
+  return {
+    event,
+    segmentId,
+    size: events.length,
+    first: first ? { pos: first.pos, ord: first.ord } : null,
+    through,
+    makeEvents: () => events,
+  }
+}
+
+/** A batch of spans of changes: its events are made when it is rendered. */
+function spanBatch(event: EventType, segmentId: string, parts: Span[], size: number): Batch {
+  const first = parts[0]!
+  return {
+    event,
+    segmentId,
+    size,
+    first: { pos: first.change.pos, ord: first.from + 1 },
+    through: endOf(parts),
+    makeEvents: () => {
+      const out: PendingEvent[] = []
+      for (const part of parts) spanEvents(part, out)
+      return out
+    },
+  }
+}
+
 /**
- * Cut compacted events into batches (one event type and segment, at most batchSize members;
+ * Cut a flushed window into batches (one event type and segment, at most batchSize members;
  * segment-level events alone). `updateAsAdd`: without an update template, updates ride with adds.
- * The last batch's checkpoint covers the whole flushed window, so compacted-away events are passed.
+ * `compacting`: the target gets each member's net change (compactsWindows); then the window's
+ * events are made and compacted, and the last batch's checkpoint covers the whole window, so
+ * compacted-away events are passed. Otherwise the batches are cut from the spans as they are.
  */
-export function toBatches(window: PendingEvent[], survivors: PendingEvent[], batchSize: number, updateAsAdd: boolean): Batch[] {
+export function toBatches(window: Span[], batchSize: number, updateAsAdd: boolean, compacting: boolean): Batch[] {
+  if (compacting && window.some((s) => s.change.event === 'remove' || s.change.event === 'update')) {
+    const events: PendingEvent[] = []
+    for (const s of window) spanEvents(s, events)
+    return batchesOf(events, compact(events), batchSize, updateAsAdd)
+  }
+  const batches: Batch[] = []
+  const eventOf = (e: EventType): EventType => (updateAsAdd && e === 'update' ? 'add' : e)
+  let parts: Span[] = []
+  let size = 0
+  let event: EventType = 'add'
+  let segmentId = ''
+  const close = () => {
+    if (size > 0) batches.push(spanBatch(event, segmentId, parts, size))
+    parts = []
+    size = 0
+  }
+  for (const s of window) {
+    const e = eventOf(s.change.event)
+    if (size > 0 && (e !== event || s.change.segmentId !== segmentId || !MEMBER_EVENTS.has(e))) close()
+    event = e
+    segmentId = s.change.segmentId
+    if (!MEMBER_EVENTS.has(e)) {
+      batches.push(spanBatch(e, segmentId, [s], s.to - s.from))
+      continue
+    }
+    for (let from = s.from; from < s.to;) {
+      const take = Math.min(s.to - from, batchSize - size)
+      parts.push(from === s.from && take === s.to - s.from ? s : { change: s.change, from, to: from + take })
+      size += take
+      from += take
+      if (size === batchSize) close()
+    }
+  }
+  close()
+  return batches
+}
+
+/** Batches of compacted events, the last one's checkpoint at the window's end. */
+function batchesOf(window: PendingEvent[], survivors: PendingEvent[], batchSize: number, updateAsAdd: boolean): Batch[] {
   const batches: Batch[] = []
   const eventOf = (e: PendingEvent): EventType => (updateAsAdd && e.event === 'update' ? 'add' : e.event)
-  // A batch is a run of survivors of one member event and segment, cut at batchSize, taken with
-  // one slice instead of a push per event; a segment-level event is alone.
   for (let i = 0; i < survivors.length;) {
     const first = survivors[i]!
     const event = eventOf(first)
@@ -121,14 +277,14 @@ export function toBatches(window: PendingEvent[], survivors: PendingEvent[], bat
       while (j < end && survivors[j]!.segmentId === first.segmentId && eventOf(survivors[j]!) === event) j++
     }
     const last = survivors[j - 1]!
-    batches.push({ event, segmentId: first.segmentId, events: survivors.slice(i, j), through: { pos: last.pos, ord: last.ord } })
+    batches.push(batchOf(event, first.segmentId, survivors.slice(i, j), { pos: last.pos, ord: last.ord }))
     i = j
   }
   const end = window[window.length - 1]
   if (end) {
     const through = { pos: end.pos, ord: end.ord }
     if (batches.length > 0) batches[batches.length - 1]!.through = through
-    else batches.push({ event: 'add', segmentId: end.segmentId, events: [], through }) // all compacted away
+    else batches.push(batchOf('add', end.segmentId, [], through)) // all compacted away
   }
   return batches
 }
@@ -150,6 +306,5 @@ export function positionVersion(pos: bigint, ord: number): bigint {
  * without transactions (ClickHouse) keeps the rows of the highest version, so a replay converges.
  */
 export function batchVersion(batch: Batch): bigint {
-  const first = batch.events[0]
-  return first ? positionVersion(first.pos, first.ord) : 0n
+  return batch.first ? positionVersion(batch.first.pos, batch.first.ord) : 0n
 }

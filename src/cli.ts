@@ -129,7 +129,7 @@ program
       onBatch: (sub, batch, ok, ms) => {
         metrics.batches.inc({ subscription: sub.name, outcome: ok ? 'ok' : 'failed' })
         if (ok) {
-          metrics.rows.inc({ subscription: sub.name, event: batch.event }, batch.events.length)
+          metrics.rows.inc({ subscription: sub.name, event: batch.event }, batch.size)
           metrics.batchSeconds.observe({ subscription: sub.name }, ms / 1000)
         }
       },

@@ -1,7 +1,7 @@
 // Render a subscription's templates for a sample of current members without executing anything:
 // what `segmenter preview` prints, and how a template is checked against real rows before use.
 import type pg from 'pg'
-import { positionVersion, type PendingEvent } from './batch.js'
+import { batchOf, positionVersion, type PendingEvent } from './batch.js'
 import { fromPgError, SegmenterError } from './errors.js'
 import { compileTemplate, type Dialect } from './render/index.js'
 import { httpConsumerOptions, maskSecret, parseRequest, requestUrl } from './http-request.js'
@@ -83,7 +83,11 @@ export async function previewSubscription(pool: pg.Pool, subscription: string, s
       memberId: r.id,
       row: null,
     }))
-    const batch = membersOf(segment, events, await loadMemberRows(pool, segments, events))
+    const batch = membersOf(
+      segment,
+      events,
+      await loadMemberRows(pool, segments, [batchOf('add', segment.segment_id, events, { pos: 0n, ord: 0 })]),
+    )
     const version = positionVersion(BigInt(sub.cursor_pos), sub.cursor_ord + 1)
     const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, version, batch }
     const statements: Record<string, string | null> = {}

@@ -2,7 +2,7 @@
 // through pg-cursor), and the member rows a batch renders.
 import type pg from 'pg'
 import Cursor from 'pg-cursor'
-import type { EventType, PendingEvent } from './batch.js'
+import { MEMBER_EVENTS, type Batch, type Change, type EventType, type PendingEvent, type Span } from './batch.js'
 import { typeParser } from './db.js'
 import type { Checkpoint, ConsumerRow } from './sinks/index.js'
 
@@ -50,10 +50,10 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
   return rows[0] ?? null
 }
 
-// Change rows, not members: the members are expanded here and the read stops at `limit`, so a
-// window costs what it returns, not the whole backlog (unnesting every pending member in SQL to
-// return 10,000 of them took 790 ms with 1M pending). The ids come as JSON: V8's JSON.parse reads
-// a 10,000-id array in 3 ms, the text[] parser took 25 ms.
+// Change rows, not members: the read stops at `limit` members, so a window costs what it returns,
+// not the whole backlog (unnesting every pending member in SQL to return 10,000 of them took 790
+// ms with 1M pending). The ids come as JSON text, kept as it is until a batch of them is rendered
+// (Change in batch.ts); V8's JSON.parse reads a 10,000-id array in 3 ms, the text[] parser took 25.
 // The JSON is made outside the sorted subquery (OFFSET 0 keeps it apart): only for the rows read.
 // Made inside, a sort computed it for every pending change on every read.
 // The first change is read alone, with whether another follows it (lead() over the subquery's
@@ -62,7 +62,7 @@ export async function loadSubscription(db: pg.ClientBase | pg.Pool, subscription
 // nothing follows, or to close.
 const changesSql = (first: boolean) => `
   select c.pos, floor(extract(epoch from clock_timestamp() - c.at) * 1000)::float8 as age_ms,
-         c.segment_id, c.event, to_json(c.ids) as ids, c.members, c.rows${first ? ', c.more' : ''}
+         c.segment_id, c.event, to_json(c.ids)::text as ids, coalesce(cardinality(c.ids), 0) as members, c.rows${first ? ', c.more' : ''}
   from (select *${first ? ', lead(o.pos) over () is not null as more' : ''}
         from (select * from segmenter.changes c
               where c.pos >= $3 and c.segment_id = any($1::uuid[])
@@ -76,82 +76,72 @@ interface ChangeRow {
   age_ms: number
   segment_id: string
   event: EventType
-  ids: string[] | null
-  members: number
-  rows: Array<Record<string, unknown>> | null
+  ids: string | null
+  members: number // how many ids
+  rows: Array<Record<string, unknown> | null> | null
 }
 
-// One object literal with every field in the same order: all events share one hidden class
-// (spreading a base object per event was a tenth of the sidecar's CPU in bench/delivery). The age
-// is whole milliseconds (floor() above): a small integer is stored in the object itself, where a
-// fraction would take a heap number of its own per event.
-const pendingEvent = (
-  c: ChangeRow,
-  pos: bigint,
-  ord: number,
-  memberId: string | null,
-  row: Record<string, unknown> | null,
-): PendingEvent => ({
-  pos,
-  ord,
-  ageMs: c.age_ms,
-  segmentId: c.segment_id,
-  event: c.event,
-  memberId,
-  row,
-})
-
-/** The events of one change after `from`, appended to `events` until it holds `limit`. */
-function expandChange(c: ChangeRow, sub: SubscriptionRow, from: Checkpoint, events: PendingEvent[], limit: number): void {
+/**
+ * The span of one change after `from`, appended to `spans` while they hold fewer than `limit`
+ * events; returns how many events it added. The age is whole milliseconds (floor() above): a small
+ * integer, where a fraction would take a heap number of its own.
+ */
+function addChange(c: ChangeRow, sub: SubscriptionRow, from: Checkpoint, spans: Span[], room: number): number {
   const pos = BigInt(c.pos)
   const skip = pos === from.pos ? from.ord : 0
-  if (c.ids === null) {
-    if (skip < 1) events.push(pendingEvent(c, pos, 1, null, null))
-  } else if (c.event === 'clear' && sub.clear_sql !== null) {
-    // The clear template clears them all at once: one event that passes every member named.
-    if (skip < c.ids.length) events.push(pendingEvent(c, pos, c.ids.length, null, null))
-  } else if (c.event === 'clear') {
-    // No clear template: the clear is delivered as removes of the members it cleared.
-    const asRemoves: ChangeRow = { ...c, event: 'remove' }
-    for (let i = skip; i < c.ids.length && events.length < limit; i++) {
-      events.push(pendingEvent(asRemoves, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
-    }
-  } else {
-    for (let i = skip; i < c.ids.length && events.length < limit; i++) {
-      events.push(pendingEvent(c, pos, i + 1, c.ids[i]!, c.rows?.[i] ?? null))
-    }
+  const change = (event: EventType, ids: string | null): Change => ({
+    pos,
+    ageMs: c.age_ms,
+    segmentId: c.segment_id,
+    event,
+    ids,
+    rows: ids === null ? null : c.rows,
+  })
+  // A change that names no member, or a clear the clear template sends whole: one event, at the
+  // ord of its last member (so a checkpoint inside it passes it).
+  const whole = c.ids === null || (c.event === 'clear' && sub.clear_sql !== null)
+  const last = c.ids === null ? 1 : c.members
+  if (whole) {
+    if (skip >= last || room < 1) return 0
+    spans.push({ change: change(c.event, null), from: last - 1, to: last })
+    return 1
   }
+  // Without a clear template, the clear is delivered as removes of the members it cleared.
+  const to = Math.min(c.members, skip + room)
+  if (to <= skip) return 0
+  spans.push({ change: change(c.event === 'clear' ? 'remove' : c.event, c.ids), from: skip, to })
+  return to - skip
 }
 
-/** Up to `limit` events after `from`, in position order: the first change, then a cursor a few changes at a time. */
-export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<PendingEvent[]> {
-  const events: PendingEvent[] = []
+/** Up to `limit` events after `from`, in position order, as spans of changes: the first change, then a cursor a few changes at a time. */
+export async function readPending(client: pg.ClientBase, sub: SubscriptionRow, from: Checkpoint, limit: number): Promise<Span[]> {
+  const spans: Span[] = []
   const first = (
     await client.query<ChangeRow & { more: boolean }>(FIRST_CHANGE_SQL, [sub.segment_ids, sub.subscription_id, from.pos.toString()])
   ).rows[0]
-  if (!first) return events
-  expandChange(first, sub, from, events, limit)
-  if (!first.more || events.length >= limit) return events.slice(0, limit)
+  if (!first) return spans
+  let count = addChange(first, sub, from, spans, limit)
+  if (!first.more || count >= limit) return spans
   // Positions are whole numbers: the rest starts after the first change's.
   const rest = (BigInt(first.pos) + 1n).toString()
   const cursor = client.query(new Cursor<ChangeRow>(CHANGES_SQL, [sub.segment_ids, sub.subscription_id, rest]))
   let failed = false
   try {
-    // One change can hold 10,000 members: fetching more than needed parses arrays only to drop
+    // One change can hold 10,000 members: fetching more than needed reads ids only to drop
     // them. Fetch about as many changes as the window still needs, judged by the page just read,
     // but at most twice as many as that page: a page of one small change (a resync's
     // segment_upsert) said "1 member per change" and the next page of 1,000 changes of 10,000
-    // members parsed the whole backlog at once (3M ids, 130 MB of heap, in a 3M-member resync).
+    // members read the whole backlog at once (3M ids, 130 MB of heap, in a 3M-member resync).
     let last: ChangeRow[] = [first]
     for (let pageSize = 1; ;) {
       const perChange = Math.max(1, ...last.map((c) => c.members))
-      pageSize = Math.min(1000, 2 * pageSize, Math.max(1, Math.ceil((limit - events.length) / perChange)))
+      pageSize = Math.min(1000, 2 * pageSize, Math.max(1, Math.ceil((limit - count) / perChange)))
       const page = await cursor.read(pageSize)
       for (const c of page) {
-        expandChange(c, sub, from, events, limit)
-        if (events.length >= limit) return events.slice(0, limit)
+        count += addChange(c, sub, from, spans, limit - count)
+        if (count >= limit) return spans
       }
-      if (page.length < pageSize) return events
+      if (page.length < pageSize) return spans
       last = page
     }
   } catch (error) {
@@ -218,44 +208,35 @@ export async function loadSegments(db: pg.Pool, segmentIds: string[]): Promise<M
 export type MemberRows = Map<string, Map<string, Record<string, unknown>>>
 
 /**
- * The latest row of every member the events name, one query per segment for a whole window
+ * The latest row of every member the batches name, one query per segment for a whole window
  * (a query per batch was a third of delivery time), keyed by segment id, then member id.
  * Members removed by DELETE carry their row in the event and are not looked up.
  */
 export async function loadMemberRows(
   db: pg.Pool,
   segments: Map<string, SegmentInfo>,
-  events: PendingEvent[],
+  batches: Batch[],
   columnsOf: (segment: SegmentInfo) => string[] | null = () => null,
 ): Promise<MemberRows> {
   // Ids as they come, repeats included (Postgres returns a repeated id's row twice and the Map
   // keeps one): a Set per member cost more than the rare repeat.
   // A segment whose templates print only the id, captured as it is stored, needs no read at all
-  // (the events name the members): its ids are not even collected.
+  // (the events name the members): its batches' events are not even made.
   const needsRead = new Map<string, boolean>()
   const result = new Map<string, Map<string, Record<string, unknown>>>()
   const wanted = new Map<string, string[]>()
-  // Events of one segment come in runs: its decision and id list are looked up once per run.
-  let runSegment: string | null = null
-  let runIds: string[] | null = null
-  for (const e of events) {
-    if (e.memberId === null || e.row !== null) continue
-    if (e.segmentId !== runSegment) {
-      runSegment = e.segmentId
-      let read = needsRead.get(e.segmentId)
-      if (read === undefined) {
-        const segment = segments.get(e.segmentId)
-        read = segment !== undefined && !(idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))
-        needsRead.set(e.segmentId, read)
-        result.set(e.segmentId, new Map())
-      }
-      runIds = null
-      if (read) {
-        runIds = wanted.get(e.segmentId) ?? []
-        wanted.set(e.segmentId, runIds)
-      }
+  for (const batch of batches) {
+    let read = needsRead.get(batch.segmentId)
+    if (read === undefined) {
+      const segment = segments.get(batch.segmentId)
+      read = segment !== undefined && !(idOnly(columnsOf(segment)) && ID_AS_CAPTURED.test(segment.id_type))
+      needsRead.set(batch.segmentId, read)
+      result.set(batch.segmentId, new Map())
     }
-    runIds?.push(e.memberId)
+    if (!read || !MEMBER_EVENTS.has(batch.event)) continue
+    let ids = wanted.get(batch.segmentId)
+    if (!ids) wanted.set(batch.segmentId, (ids = []))
+    for (const e of batch.makeEvents()) if (e.memberId !== null && e.row === null) ids.push(e.memberId)
   }
   if (wanted.size === 0) return result
   const client = await db.connect()

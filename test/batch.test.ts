@@ -3,7 +3,7 @@
 // Pure functions: no servers needed.
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
-import { compact, planFlush, toBatches, type EventType, type PendingEvent } from '../src/batch.js'
+import { compact, eventCount, planFlush, spanEvents, toBatches, type EventType, type PendingEvent, type Span } from '../src/batch.js'
 
 const SEG_A = '00000000-0000-0000-0000-00000000000a'
 const SEG_B = '00000000-0000-0000-0000-00000000000b'
@@ -24,13 +24,55 @@ function adds(n: number, opts: { pos?: number; ageMs?: number; segmentId?: strin
   return Array.from({ length: n }, (_, i) => ev(opts.pos ?? 1, i + 1, 'add', `${opts.prefix ?? 'm'}${i + 1}`, opts))
 }
 
+/**
+ * The events as the read delivers them: runs of one change (one pos, event and segment, ords in a
+ * row) become a span of one change, its ids JSON as Postgres sends them.
+ */
+function spansOf(events: PendingEvent[]): Span[] {
+  const spans: Span[] = []
+  for (let i = 0; i < events.length;) {
+    const e = events[i]!
+    let j = i + 1
+    while (
+      e.memberId !== null &&
+      j < events.length &&
+      events[j]!.pos === e.pos &&
+      events[j]!.event === e.event &&
+      events[j]!.segmentId === e.segmentId &&
+      events[j]!.memberId !== null &&
+      events[j]!.ord === events[j - 1]!.ord + 1
+    )
+      j++
+    const ids: string[] = new Array(events[j - 1]!.ord).fill('')
+    for (let k = i; k < j; k++) ids[events[k]!.ord - 1] = events[k]!.memberId!
+    const change = {
+      pos: e.pos,
+      ageMs: e.ageMs,
+      segmentId: e.segmentId,
+      event: e.event,
+      ids: e.memberId === null ? null : JSON.stringify(ids),
+      rows: null,
+    }
+    spans.push({ change, from: e.ord - 1, to: events[j - 1]!.ord })
+    i = j
+  }
+  return spans
+}
+const eventsOf = (spans: Span[]) => spans.flatMap((s) => spanEvents(s))
+
+/** planFlush of these events (read as spans), what it flushes as events again. */
+function planOf(pending: PendingEvent[], batchSize: number, timeoutMs: number, windowFull: boolean) {
+  const plan = planFlush(spansOf(pending), batchSize, timeoutMs, windowFull)
+  return { flush: eventsOf(plan.flush), waitMs: plan.waitMs }
+}
+
 /** Compact form of events for deepEqual: "event:member@pos.ord". */
 const show = (events: PendingEvent[]) => events.map((e) => `${e.event}:${e.memberId ?? '-'}@${e.pos}.${e.ord}`)
 const cp = (pos: number, ord: number) => ({ pos: BigInt(pos), ord })
 
 describe('planFlush', () => {
   test('nothing pending: nothing to flush and nothing to wait for', () => {
-    assert.deepEqual(planFlush([], 10, 1000, false), { flush: [], waitMs: null })
+    assert.deepEqual(planOf([], 10, 1000, false), { flush: [], waitMs: null })
   })
 
   test('full batches go at once, the partial rest waits for the rest of its timeout', () => {
@@ -39,7 +81,7 @@ describe('planFlush', () => {
       ...adds(10, { pos: 2, ageMs: 300, prefix: 'n' }),
       ...adds(5, { pos: 3, ageMs: 250, prefix: 'o' }),
     ]
-    const plan = planFlush(pending, 10, 1000, false)
+    const plan = planOf(pending, 10, 1000, false)
     assert.equal(plan.flush.length, 20, 'two whole batches')
     assert.deepEqual(plan.flush, pending.slice(0, 20), 'the oldest events, in order')
     // the rest's oldest event is 250 ms old: it waits the remaining 750 ms
@@ -48,26 +90,26 @@ describe('planFlush', () => {
 
   test('exactly whole batches: everything goes and nothing waits', () => {
     const pending = adds(30, { ageMs: 5 })
-    assert.deepEqual(planFlush(pending, 10, 1000, false), { flush: pending, waitMs: null })
+    assert.deepEqual(planOf(pending, 10, 1000, false), { flush: pending, waitMs: null })
   })
 
   test('a partial batch younger than the timeout waits, measured from its oldest event', () => {
     const pending = [ev(1, 1, 'add', 'a', { ageMs: 300 }), ev(2, 1, 'add', 'b', { ageMs: 100 }), ev(3, 1, 'remove', 'c', { ageMs: 20 })]
-    const plan = planFlush(pending, 100, 1000, false)
+    const plan = planOf(pending, 100, 1000, false)
     assert.deepEqual(plan.flush, [])
     assert.equal(plan.waitMs, 700)
   })
 
   test('once the oldest event waited batch_timeout, everything goes', () => {
     const pending = [ev(1, 1, 'add', 'a', { ageMs: 1000 }), ev(2, 1, 'remove', 'b', { ageMs: 10 })]
-    assert.deepEqual(planFlush(pending, 100, 1000, false), { flush: pending, waitMs: null })
+    assert.deepEqual(planOf(pending, 100, 1000, false), { flush: pending, waitMs: null })
     const older = [ev(1, 1, 'add', 'a', { ageMs: 5000 }), ...adds(3, { pos: 2, ageMs: 1 })]
-    assert.deepEqual(planFlush(older, 100, 1000, false), { flush: older, waitMs: null })
+    assert.deepEqual(planOf(older, 100, 1000, false), { flush: older, waitMs: null })
   })
 
   test('batch_timeout 0 flushes a single event at once', () => {
     const pending = [ev(1, 1, 'add', 'a', { ageMs: 0 })]
-    assert.deepEqual(planFlush(pending, 1000, 0, false), { flush: pending, waitMs: null })
+    assert.deepEqual(planOf(pending, 1000, 0, false), { flush: pending, waitMs: null })
   })
 
   test('a segment-level event forces everything before it; the member events after it wait', () => {
@@ -77,7 +119,7 @@ describe('planFlush', () => {
       ev(3, 1, 'clear', null, { ageMs: 30 }),
       ev(4, 1, 'add', 'c', { ageMs: 20 }),
     ]
-    const plan = planFlush(pending, 100, 1000, false)
+    const plan = planOf(pending, 100, 1000, false)
     assert.deepEqual(show(plan.flush), ['add:a@1.1', 'add:b@2.1', 'clear:-@3.1'])
     assert.equal(plan.waitMs, 980, 'the tail waits for its own oldest event')
   })
@@ -90,19 +132,19 @@ describe('planFlush', () => {
       ev(4, 1, 'add', 'b', { ageMs: 60 }),
       ev(4, 2, 'add', 'c', { ageMs: 60 }),
     ]
-    const plan = planFlush(pending, 100, 1000, false)
+    const plan = planOf(pending, 100, 1000, false)
     assert.deepEqual(show(plan.flush), ['segment_upsert:-@1.1', 'add:a@2.1', 'segment_delete:-@3.1'])
     assert.equal(plan.waitMs, 940)
   })
 
   test('a window ending in a segment-level event flushes everything', () => {
     const pending = [ev(1, 1, 'add', 'a', { ageMs: 1 }), ev(2, 1, 'segment_upsert', null, { ageMs: 1 })]
-    assert.deepEqual(planFlush(pending, 100, 1000, false), { flush: pending, waitMs: null })
+    assert.deepEqual(planOf(pending, 100, 1000, false), { flush: pending, waitMs: null })
   })
 
   test('whole batches after a segment-level event go with it', () => {
     const pending = [ev(1, 1, 'clear', null, { ageMs: 10 }), ...adds(25, { pos: 2, ageMs: 10 })]
-    const plan = planFlush(pending, 10, 1000, false)
+    const plan = planOf(pending, 10, 1000, false)
     assert.equal(plan.flush.length, 21, 'the clear and two whole batches')
     assert.equal(plan.flush[0]!.event, 'clear')
     assert.equal(plan.waitMs, 990)
@@ -110,10 +152,10 @@ describe('planFlush', () => {
 
   test('windowFull: an expired timeout does not flush the partial tail (more events follow it), and nothing waits', () => {
     const pending = adds(25, { ageMs: 5000 })
-    const plan = planFlush(pending, 10, 1000, true)
+    const plan = planOf(pending, 10, 1000, true)
     assert.equal(plan.flush.length, 20, 'whole batches only')
     assert.equal(plan.waitMs, null, 'the caller reads on at once instead of waiting')
-    const young = planFlush(adds(25, { ageMs: 1 }), 10, 1000, true)
+    const young = planOf(adds(25, { ageMs: 1 }), 10, 1000, true)
     assert.equal(young.flush.length, 20)
     assert.equal(young.waitMs, null)
   })
@@ -123,7 +165,7 @@ describe('planFlush', () => {
     // less than one batch. Flushing nothing returns { kind: 'wait' } and the next round reads the
     // same window again: the subscription never advances.
     const pending = adds(100, { ageMs: 60_000 })
-    const plan = planFlush(pending, 1000, 1000, true)
+    const plan = planOf(pending, 1000, 1000, true)
     assert.ok(plan.flush.length > 0, `a full window must flush something (flushed ${plan.flush.length}, waitMs ${plan.waitMs})`)
   })
 })
@@ -199,9 +241,9 @@ describe('toBatches', () => {
       ev(4, 1, 'add', 'e', { segmentId: SEG_B }),
       ev(5, 1, 'add', 'f'),
     ]
-    const batches = toBatches(events, events, 100, true)
+    const batches = toBatches(spansOf(events), 100, true, false)
     assert.deepEqual(
-      batches.map((b) => [b.event, b.segmentId, b.events.map((e) => e.memberId)]),
+      batches.map((b) => [b.event, b.segmentId, b.makeEvents().map((e) => e.memberId)]),
       [
         ['add', SEG_A, ['a', 'b']],
         ['remove', SEG_A, ['c']],
@@ -218,9 +260,9 @@ describe('toBatches', () => {
 
   test("at most batchSize members per batch; each batch's checkpoint is its last event", () => {
     const events = adds(25)
-    const batches = toBatches(events, events, 10, true)
+    const batches = toBatches(spansOf(events), 10, true, false)
     assert.deepEqual(
-      batches.map((b) => b.events.length),
+      batches.map((b) => b.size),
       [10, 10, 5],
     )
     assert.deepEqual(
@@ -228,17 +270,47 @@ describe('toBatches', () => {
       [cp(1, 10), cp(1, 20), cp(1, 25)],
     )
     assert.deepEqual(
-      batches.flatMap((b) => b.events),
+      batches.flatMap((b) => b.makeEvents()),
       events,
       'every event once, in order',
     )
   })
 
+  test('a batch takes members of consecutive changes; a change is cut where a batch is full', () => {
+    const events = [...adds(5, { pos: 1 }), ...adds(8, { pos: 2, prefix: 'n' }), ...adds(12, { pos: 3, prefix: 'o' })]
+    const batches = toBatches(spansOf(events), 10, true, false)
+    assert.deepEqual(
+      batches.map((b) => [b.size, b.first, b.through]),
+      [
+        [10, cp(1, 1), cp(2, 5)],
+        [10, cp(2, 6), cp(3, 7)],
+        [5, cp(3, 8), cp(3, 12)],
+      ],
+    )
+    assert.deepEqual(
+      batches.flatMap((b) => b.makeEvents()),
+      events,
+      'every event once, in order, made again from the ids as read',
+    )
+    assert.deepEqual(batches[1]!.makeEvents(), batches[1]!.makeEvents(), 'made alike each time')
+  })
+
+  test('a window that starts inside a change (a checkpoint mid-change) starts at the ord after it', () => {
+    const window = spansOf(adds(10, { pos: 4 })).map((s) => ({ ...s, from: 6 }))
+    const [batch] = toBatches(window, 100, true, false)
+    assert.deepEqual(batch!.first, cp(4, 7))
+    assert.deepEqual(
+      batch!.makeEvents().map((e) => e.memberId),
+      ['m7', 'm8', 'm9', 'm10'],
+    )
+    assert.equal(eventCount(window), 4)
+  })
+
   test('segment-level events stand alone, also two in a row', () => {
     const events = [ev(1, 1, 'segment_upsert', null), ev(2, 1, 'clear', null), ev(3, 1, 'clear', null), ev(4, 1, 'add', 'a')]
-    const batches = toBatches(events, events, 100, true)
+    const batches = toBatches(spansOf(events), 100, true, false)
     assert.deepEqual(
-      batches.map((b) => [b.event, b.events.length]),
+      batches.map((b) => [b.event, b.size]),
       [
         ['segment_upsert', 1],
         ['clear', 1],
@@ -250,20 +322,20 @@ describe('toBatches', () => {
 
   test('without an update template, updates ride with adds (as adds)', () => {
     const events = [ev(1, 1, 'add', 'a'), ev(2, 1, 'update', 'b'), ev(3, 1, 'add', 'c')]
-    const batches = toBatches(events, events, 100, true)
+    const batches = toBatches(spansOf(events), 100, true, false)
     assert.equal(batches.length, 1)
     assert.equal(batches[0]!.event, 'add')
     assert.deepEqual(
-      batches[0]!.events.map((e) => e.memberId),
+      batches[0]!.makeEvents().map((e) => e.memberId),
       ['a', 'b', 'c'],
     )
   })
 
   test('with an update template, updates are batches of their own', () => {
     const events = [ev(1, 1, 'add', 'a'), ev(2, 1, 'update', 'b'), ev(2, 2, 'update', 'c'), ev(3, 1, 'add', 'd')]
-    const batches = toBatches(events, events, 100, false)
+    const batches = toBatches(spansOf(events), 100, false, false)
     assert.deepEqual(
-      batches.map((b) => [b.event, b.events.map((e) => e.memberId)]),
+      batches.map((b) => [b.event, b.makeEvents().map((e) => e.memberId)]),
       [
         ['add', ['a']],
         ['update', ['b', 'c']],
@@ -276,10 +348,10 @@ describe('toBatches', () => {
     const window = [ev(1, 1, 'add', 'a'), ev(2, 1, 'add', 'b'), ev(3, 1, 'remove', 'b'), ev(4, 1, 'add', 'c'), ev(5, 1, 'remove', 'c')]
     const survivors = compact(window)
     assert.deepEqual(show(survivors), ['add:a@1.1'])
-    const batches = toBatches(window, survivors, 100, true)
+    const batches = toBatches(spansOf(window), 100, true, true)
     assert.equal(batches.length, 1)
     assert.deepEqual(
-      batches[0]!.events.map((e) => e.memberId),
+      batches[0]!.makeEvents().map((e) => e.memberId),
       ['a'],
     )
     assert.deepEqual(batches[0]!.through, cp(5, 1), "the window's end, not the last survivor")
@@ -294,9 +366,9 @@ describe('toBatches', () => {
       ev(4, 1, 'remove', 'x'),
       ev(4, 2, 'remove', 'y'),
     ]
-    const batches = toBatches(window, compact(window), 100, true)
+    const batches = toBatches(spansOf(window), 100, true, true)
     assert.deepEqual(
-      batches.map((b) => [b.event, b.events.map((e) => e.memberId), b.through]),
+      batches.map((b) => [b.event, b.makeEvents().map((e) => e.memberId), b.through]),
       [
         ['add', ['a'], cp(1, 1)],
         ['remove', ['z'], cp(4, 2)],
@@ -308,13 +380,13 @@ describe('toBatches', () => {
     const window = [ev(7, 1, 'add', 'a'), ev(7, 2, 'add', 'b'), ev(8, 1, 'remove', 'a'), ev(8, 2, 'remove', 'b')]
     const survivors = compact(window)
     assert.deepEqual(survivors, [])
-    const batches = toBatches(window, survivors, 10, true)
+    const batches = toBatches(spansOf(window), 10, true, true)
     assert.equal(batches.length, 1)
-    assert.deepEqual(batches[0]!.events, [])
+    assert.deepEqual(batches[0]!.makeEvents(), [])
     assert.deepEqual(batches[0]!.through, cp(8, 2))
   })
 
   test('an empty window yields no batch', () => {
-    assert.deepEqual(toBatches([], [], 10, true), [])
+    assert.deepEqual(toBatches([], 10, true, true), [])
   })
 })

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import Cursor from 'pg-cursor'
-import type { PendingEvent } from '../src/batch.js'
+import { batchOf, eventCount, type PendingEvent } from '../src/batch.js'
 import { createPool, endPool } from '../src/db.js'
 import { loadMemberRows, loadSegments, loadSubscription, readPending } from '../src/read.js'
 import { freshPg } from './harness/db.js'
@@ -50,16 +50,17 @@ test('member rows read a column at a time are the values pg parses from whole ro
     memberId,
     row: null,
   }))
+  const batch = batchOf('add', seg, events, { pos: 1n, ord: events.length })
   const expected = async (id: string) =>
     (await pool.query(`select * from kinds where id = $1 order by actual_end desc limit 1`, [id])).rows[0]
 
-  const all = (await loadMemberRows(pool, segments, events)).get(seg)!
+  const all = (await loadMemberRows(pool, segments, [batch])).get(seg)!
   for (const id of ['full', 'nulls', 'gone']) assert.deepEqual(all.get(id), await expected(id), id)
   assert.equal(all.get('gone')!.t, 'latest')
   assert.equal(all.has('absent'), false, 'a member without any row has none')
 
   // Only the columns the templates name (and id), in any order.
-  const some = (await loadMemberRows(pool, segments, events, () => ['n', 'id', 'c', 'ip'])).get(seg)!
+  const some = (await loadMemberRows(pool, segments, [batch], () => ['n', 'id', 'c', 'ip'])).get(seg)!
   const full = await expected('full')
   assert.deepEqual(some.get('full'), { n: full.n, id: 'full', c: full.c, ip: full.ip })
   assert.deepEqual(Object.keys(some.get('nulls')!), ['n', 'id', 'c', 'ip'])
@@ -104,8 +105,8 @@ test('a window reads the changes it needs, not the backlog: a small change befor
     }
     return cursor
   }
-  const events = await readPending(client, sub, { pos: 0n, ord: 0 }, 10_000)
-  assert.equal(events.length, 10_000)
-  assert.equal(events[0]!.event, 'segment_upsert')
+  const spans = await readPending(client, sub, { pos: 0n, ord: 0 }, 10_000)
+  assert.equal(eventCount(spans), 10_000)
+  assert.equal(spans[0]!.change.event, 'segment_upsert')
   assert.ok(fetched <= 3, `${fetched} changes fetched for a window of 10,000 (the backlog has 31)`)
 })

@@ -6,6 +6,7 @@
 // journal.ts (what a target without transactions is sent, recorded before and replayed as it was)
 // and record.ts (everything else written home).
 import { sequenceChanges } from '../api.js'
+import { endOf, eventCount } from '../batch.js'
 import { SegmenterError } from '../errors.js'
 import type pg from 'pg'
 import { loadMemberRows, loadSegments, loadSubscription, readPending, SUBSCRIPTION_SQL, type SubscriptionRow } from '../read.js'
@@ -193,20 +194,20 @@ export async function deliverSubscription(
         await reconcileCursor(ctx.pool, sub, from)
         return { kind: 'idle' }
       }
-      const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, window)
+      const count = hit ? prefetched.count : eventCount(pending)
+      const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, count, window)
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
       const segments = hit ? prefetched.segments : (ofSub ?? (await loadSegments(ctx.pool, sub.segment_ids)))
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
-      const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, plan.flush, columnsOf)
+      const members = hit ? prefetched.members : await loadMemberRows(ctx.pool, segments, batches, columnsOf)
       const round: Round = { ctx, sink, sub, segments, members, logRows }
       // A full window means more is waiting: read it while this one is applied. Not for windows
       // of big batches whose member rows were read: they amortize their own read, and a second
       // one would double the memory. A window without rows (templates that print only ids) is its
-      // events alone, a few MB at 100,000: without the read ahead, HTTP in batches of 10,000 sent
+      // changes alone, a few MB at 100,000: without the read ahead, HTTP in batches of 10,000 sent
       // nothing while each window was read, rendered and recorded (0.38x raw fetch, 2026-12-01).
-      if (pending.length === window && (window <= READ_AHEAD_MAX_EVENTS || rowCount(members) === 0)) {
-        const end = plan.flush[plan.flush.length - 1]!
-        ahead = readWindow(ctx.pool, sub, { pos: end.pos, ord: end.ord }, window, columnsOf)
+      if (count === window && (window <= READ_AHEAD_MAX_EVENTS || rowCount(members) === 0)) {
+        ahead = readWindow(ctx.pool, sub, endOf(plan.flush), window, columnsOf)
       }
       // Stops only between batches: each is committed whole with its checkpoint, or not at all.
       for (let i = 0; i < batches.length && !stopped();) {

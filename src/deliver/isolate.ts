@@ -1,6 +1,6 @@
 // One batch at a time, isolating what the target rejects: a batch is split in halves down to the
 // member, the rejected members are dead-lettered and the checkpoint passes them.
-import type { Batch } from '../batch.js'
+import { batchOf, type Batch } from '../batch.js'
 import { TemplateError } from '../render/index.js'
 import { holdsSubscription, isFenced, isTransient } from '../sinks/index.js'
 import { HeldTemplate } from './hold.js'
@@ -23,12 +23,12 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
     statement = renderBatch(round, batch)
   } catch (error) {
     // A value this dialect cannot represent, or a field a member lacks: isolate it like a rejection.
-    if (batch.events.length > 1) return splitAndDeliver(round, batch)
+    if (batch.size > 1) return splitAndDeliver(round, batch)
     // A template that fails for a member with a row would fail for every member: hold instead.
     if (error instanceof TemplateError && hasRow(round, batch)) throw new HeldTemplate(`${batch.event}: ${error.message}`)
     return deadLetter(round, batch, statement, error)
   }
-  if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.events.length > 1) {
+  if (statement !== null && Buffer.byteLength(statement) > sink.maxStatementBytes && batch.size > 1) {
     return splitAndDeliver(round, batch)
   }
   try {
@@ -37,7 +37,7 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
   } catch (error) {
     // A receiver that says the endpoint is gone rejects every batch alike: held, not dead-lettered.
     if (isTransient(error) || isFenced(error) || holdsSubscription(error)) throw error
-    return batch.events.length > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
+    return batch.size > 1 ? splitAndDeliver(round, batch) : deadLetter(round, batch, statement, error)
   }
   const answer = statement === null ? undefined : sink.answerTo?.(statement)
   await recordSuccess(round, batch, performance.now() - started, statement === null ? 0 : 1, answer)
@@ -45,22 +45,23 @@ export async function deliverBatch(round: Round, batch: Batch): Promise<void> {
 
 /** Whether the batch's (one) member has a row of its own: read from the segment table or captured. */
 function hasRow({ segments, members }: Round, batch: Batch): boolean {
-  const e = batch.events[0]
+  const e = batch.makeEvents()[0]
   if (!e || e.memberId === null) return true // a segment-level event: only the template is there
   return e.row !== null || members.get(batch.segmentId)?.has(e.memberId) === true || !segments.has(batch.segmentId)
 }
 
 async function splitAndDeliver(round: Round, batch: Batch): Promise<void> {
-  const half = Math.ceil(batch.events.length / 2)
-  const first = batch.events.slice(0, half)
+  const events = batch.makeEvents()
+  const half = Math.ceil(events.length / 2)
+  const first = events.slice(0, half)
   const last = first[first.length - 1]!
-  await deliverBatch(round, { ...batch, events: first, through: { pos: last.pos, ord: last.ord } })
-  await deliverBatch(round, { ...batch, events: batch.events.slice(half) })
+  await deliverBatch(round, batchOf(batch.event, batch.segmentId, first, { pos: last.pos, ord: last.ord }))
+  await deliverBatch(round, batchOf(batch.event, batch.segmentId, events.slice(half), batch.through))
 }
 
 async function deadLetter(round: Round, batch: Batch, statement: string | null, error: unknown): Promise<void> {
   const { ctx, sub } = round
-  const e = batch.events[0]
+  const e = batch.makeEvents()[0]
   const message = (error as Error)?.message ?? String(error)
   ctx.log.warn({ subscription: sub.name, event: batch.event, member: e?.memberId, err: message }, 'target rejected an event; dead-lettered')
   if (e) await recordDeadLetter(ctx, sub, e, statement, error)

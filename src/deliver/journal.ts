@@ -29,8 +29,7 @@ export function requestId(syncKey: string, from: Checkpoint, to: Checkpoint): st
  * or alone, and whenever it is sent again.
  */
 export function withRequestId(syncKey: string, batch: Batch, rendered: string): string {
-  const first = batch.events[0]!
-  return `${requestId(syncKey, { pos: first.pos, ord: first.ord }, batch.through)}\n${rendered}`
+  return `${requestId(syncKey, batch.first!, batch.through)}\n${rendered}`
 }
 
 /** Where the next send starts: the checkpoint the sink last read or committed, else the target's. */
@@ -66,7 +65,7 @@ export async function recordSending(
       statements.map((st) => st.length),
       batches.map((b) => b.batch.segmentId),
       batches.map((b) => b.batch.event),
-      batches.map((b) => b.batch.events.length),
+      batches.map((b) => b.batch.size),
       batches.map((b) => b.statements),
     ],
   })

@@ -137,13 +137,20 @@ export async function deliverRun(
       // The target is busy with the open transactions: render the next batches meanwhile, one per
       // turn of the event loop (after the queries above went out: they are written to the socket
       // once the microtasks have run), until a transaction's worth or the head is done.
+      // Where batches are not grouped (sink.groupsBatches false: an HTTP request each), the next
+      // send is recorded as soon as it is rendered, while the head is still on its way; recorded
+      // only after the head came back, each send waited for its own record (a round trip with its
+      // body) before it went.
+      const formsNext = () => journaling && lanes === 1 && !formed && ready.length > 0 && !shouldStop()
+      if (!sink.groupsBatches && formsNext()) formed = formGroup()
       while (ready.length < perTransaction && next < end && !head.settled && !shouldStop()) {
         await new Promise((resolve) => setImmediate(resolve))
         const rendered = renderNext()
         if (!rendered) break
         ready.push(rendered)
+        if (!sink.groupsBatches && formsNext()) formed = formGroup()
       }
-      if (journaling && lanes === 1 && !formed && ready.length > 0 && !shouldStop()) formed = formGroup()
+      if (formsNext()) formed = formGroup()
       try {
         await head.tx.executed
         await head.tx.commit(sub.sync_key, head.group[head.group.length - 1]!.batch.through)
@@ -159,7 +166,7 @@ export async function deliverRun(
         done.push({
           segmentId: batch.segmentId,
           event: batch.event,
-          rows: batch.events.length,
+          rows: batch.size,
           through: batch.through,
           statements: statement === null ? 0 : 1,
           ms,

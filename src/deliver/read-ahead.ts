@@ -1,6 +1,6 @@
 // Planning a window, and reading the next one ahead while the current one is applied.
 import type pg from 'pg'
-import { compact, planFlush, toBatches, type Batch, type FlushPlan, type PendingEvent } from '../batch.js'
+import { eventCount, planFlush, toBatches, type Batch, type FlushPlan, type Span } from '../batch.js'
 import { loadMemberRows, loadSegments, readPending, type MemberRows, type SegmentInfo, type SubscriptionRow } from '../read.js'
 import { compactsWindows, type Checkpoint } from '../sinks/index.js'
 
@@ -13,7 +13,9 @@ export interface Window {
   from: Checkpoint
   size: number
   scope: string // what of the subscription it was read and planned for (scopeOf)
-  pending: PendingEvent[]
+  pending: Span[]
+  /** How many events `pending` holds. */
+  count: number
   /** A full window's batches, cut while the previous window was applied; null for a partial one. */
   planned: ReturnType<typeof planWindow> | null
   segments: Map<string, SegmentInfo>
@@ -25,10 +27,9 @@ export const scopeOf = (sub: SubscriptionRow) =>
   `${sub.segment_ids.join()}/${sub.batch_size}/${sub.update_sql === null}/${compactsWindows(sub.consumer)}`
 
 /** What of a window goes now, cut into batches. */
-export function planWindow(sub: SubscriptionRow, pending: PendingEvent[], window: number): { plan: FlushPlan; batches: Batch[] } {
-  const plan = planFlush(pending, sub.batch_size, sub.batch_timeout_ms, pending.length === window)
-  const survivors = compactsWindows(sub.consumer) ? compact(plan.flush) : plan.flush
-  return { plan, batches: toBatches(plan.flush, survivors, sub.batch_size, sub.update_sql === null) }
+export function planWindow(sub: SubscriptionRow, pending: Span[], count: number, window: number): { plan: FlushPlan; batches: Batch[] } {
+  const plan = planFlush(pending, sub.batch_size, sub.batch_timeout_ms, count === window)
+  return { plan, batches: toBatches(plan.flush, sub.batch_size, sub.update_sql === null, compactsWindows(sub.consumer)) }
 }
 
 /**
@@ -44,7 +45,7 @@ export async function readWindow(
 ): Promise<Window | null> {
   const read = async (): Promise<Window> => {
     const client = await pool.connect()
-    let pending: PendingEvent[]
+    let pending: Span[]
     try {
       pending = await readPending(client, sub, from, size)
       client.release()
@@ -52,11 +53,15 @@ export async function readWindow(
       client.release(error as Error)
       throw error
     }
-    const segments = await loadSegments(pool, [...new Set(pending.map((e) => e.segmentId))])
-    const members = await loadMemberRows(pool, segments, pending, columnsOf)
+    const segments = await loadSegments(pool, [...new Set(pending.map((s) => s.change.segmentId))])
+    const count = eventCount(pending)
     // A partial window's plan depends on its events' age when it is used; a full one's does not.
-    const planned = pending.length === size ? planWindow(sub, pending, size) : null
-    return { from, size, scope: scopeOf(sub), pending, planned, segments, members }
+    const planned = count === size ? planWindow(sub, pending, count, size) : null
+    // The member rows of what a full window sends (its batches); of all a partial one holds, as
+    // what of it goes, and so what compaction leaves, is known only when it is used.
+    const batches = planned?.batches ?? toBatches(pending, sub.batch_size, sub.update_sql === null, false)
+    const members = await loadMemberRows(pool, segments, batches, columnsOf)
+    return { from, size, scope: scopeOf(sub), pending, count, planned, segments, members }
   }
   let timer: NodeJS.Timeout | undefined
   const timeout = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), READ_AHEAD_TIMEOUT_MS)))

@@ -78,7 +78,7 @@ async function recordBatch(
       batch.event,
       batch.segmentId,
       r.statements,
-      batch.events.length,
+      batch.size,
       r.ms,
       r.ok,
       r.error,

@@ -77,9 +77,9 @@ export function memberColumns(ctx: DeliveryContext, sub: SubscriptionRow, dialec
 /** The batch's statement, or null when it has none (no template for the event, no members). */
 export function renderBatch({ ctx, sink, sub, segments, members }: Round, batch: Batch): string | null {
   const segment = segments.get(batch.segmentId)
-  const template = batch.events.length > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
+  const template = batch.size > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
   if (!template || !segment) return null
-  const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.events, members) : []
+  const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.makeEvents(), members) : []
   const rendered = template.render({
     segment_id: segment.segment_id,
     segment_name: segment.name,
