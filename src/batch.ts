@@ -50,6 +50,8 @@ export interface Batch {
   through: Checkpoint
   /** Its events, made anew on each call: the objects die with the batch's rendering. */
   makeEvents(): PendingEvent[]
+  /** Each event's member id and captured row, in order, without making the events (rendering's way). */
+  visit(fn: (memberId: string | null, row: Record<string, unknown> | null, i: number) => void): void
 }
 
 export interface FlushPlan {
@@ -199,6 +201,7 @@ export function batchOf(event: EventType, segmentId: string, events: PendingEven
     first: first ? { pos: first.pos, ord: first.ord } : null,
     through,
     makeEvents: () => events,
+    visit: (fn) => events.forEach((e, i) => fn(e.memberId, e.row, i)),
   }
 }
 
@@ -215,6 +218,13 @@ function spanBatch(event: EventType, segmentId: string, parts: Span[], size: num
       const out: PendingEvent[] = []
       for (const part of parts) spanEvents(part, out)
       return out
+    },
+    visit: (fn) => {
+      let i = 0
+      for (const { change, from, to } of parts) {
+        const ids = change.ids === null ? null : memberIds(change)
+        for (let ord = from + 1; ord <= to; ord++) fn(ids === null ? null : ids[ord - 1]!, change.rows?.[ord - 1] ?? null, i++)
+      }
     },
   }
 }

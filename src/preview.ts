@@ -83,11 +83,8 @@ export async function previewSubscription(pool: pg.Pool, subscription: string, s
       memberId: r.id,
       row: null,
     }))
-    const batch = membersOf(
-      segment,
-      events,
-      await loadMemberRows(pool, segments, [batchOf('add', segment.segment_id, events, { pos: 0n, ord: 0 })]),
-    )
+    const sampled = batchOf('add', segment.segment_id, events, { pos: 0n, ord: 0 })
+    const batch = membersOf(segment, sampled, await loadMemberRows(pool, segments, [sampled]))
     const version = positionVersion(BigInt(sub.cursor_pos), sub.cursor_ord + 1)
     const ctx = { segment_id: segment.segment_id, segment_name: segment.name, audience: sub.audience, version, batch }
     const statements: Record<string, string | null> = {}

@@ -415,20 +415,18 @@ export function columnsFor(segment: SegmentInfo, fields: Iterable<string>): stri
   return [...chosen]
 }
 
-/** A batch's members in batch order: the looked-up row, the row captured at DELETE, or just the keys. */
-export function membersOf(segment: SegmentInfo, events: PendingEvent[], rows: MemberRows): Array<Record<string, unknown>> {
+/**
+ * A batch's members in batch order: the looked-up row, the row captured at DELETE, or just the
+ * keys. Made from the batch's ids as read, without an event object per member (a fifth of what
+ * the sidecar allocated per member of bench/http).
+ */
+export function membersOf(segment: SegmentInfo, batch: Batch, rows: MemberRows): Array<Record<string, unknown>> {
   const byId = rows.get(segment.segment_id)
   const segmentId = segment.segment_id
-  const members: Array<Record<string, unknown>> = new Array(events.length)
+  const members: Array<Record<string, unknown>> = new Array(batch.size)
   // No rows read (templates that print only ids): no lookup per member, whose hashing of each id
   // was most of the time here.
-  if (byId === undefined || byId.size === 0) {
-    for (let i = 0; i < events.length; i++) members[i] = events[i]!.row ?? { segment_id: segmentId, id: events[i]!.memberId }
-    return members
-  }
-  for (let i = 0; i < events.length; i++) {
-    const e = events[i]!
-    members[i] = e.row ?? byId.get(e.memberId!) ?? { segment_id: segmentId, id: e.memberId }
-  }
+  if (byId === undefined || byId.size === 0) batch.visit((id, row, i) => (members[i] = row ?? { segment_id: segmentId, id }))
+  else batch.visit((id, row, i) => (members[i] = row ?? byId.get(id!) ?? { segment_id: segmentId, id }))
   return members
 }

@@ -293,6 +293,15 @@ describe('toBatches', () => {
       'every event once, in order, made again from the ids as read',
     )
     assert.deepEqual(batches[1]!.makeEvents(), batches[1]!.makeEvents(), 'made alike each time')
+    for (const b of batches) {
+      const visited: Array<[string | null, number]> = []
+      b.visit((id, row, i) => visited.push([id, i]))
+      assert.deepEqual(
+        visited,
+        b.makeEvents().map((e, i) => [e.memberId, i]),
+        'visit names the members makeEvents makes, in order',
+      )
+    }
   })
 
   test('a window that starts inside a change (a checkpoint mid-change) starts at the ord after it', () => {

@@ -79,7 +79,7 @@ export function renderBatch({ ctx, sink, sub, segments, members }: Round, batch:
   const segment = segments.get(batch.segmentId)
   const template = batch.size > 0 ? templateFor(ctx, sub, batch.event, sink.dialect) : null
   if (!template || !segment) return null
-  const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch.makeEvents(), members) : []
+  const rows = MEMBER_EVENTS.has(batch.event) ? membersOf(segment, batch, members) : []
   const rendered = template.render({
     segment_id: segment.segment_id,
     segment_name: segment.name,
