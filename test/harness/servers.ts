@@ -313,92 +313,26 @@ export async function startMariadb(): Promise<MariaServer> {
     '--character-set-server=utf8mb4',
     '--collation-server=utf8mb4_bin',
   ]
-  const url = `mysql://root@127.0.0.1:${port}/`
-  let proc: ChildProcess | undefined
-  let exited: string | undefined
-  let destroyed = false
-  const handle = {
-    root,
-    killSync: () => {
-      proc?.kill('SIGKILL')
-    },
-  }
-  const abandon = () => {
-    handle.killSync()
-    proc = undefined
-    live.delete(handle)
-  }
-
-  const server: MariaServer = {
+  return childServer({
     kind: 'mariadb',
-    url,
+    name: 'mariadbd',
+    url: `mysql://root@127.0.0.1:${port}/`,
     port,
     root,
     dataDir,
     logFile,
     command,
-    get running() {
-      return proc !== undefined
+    output: logFile,
+    stopTimeoutMs: 60_000,
+    probe: async () => {
+      const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 2000 })
+      try {
+        await c.ping()
+      } finally {
+        await c.end().catch(() => {})
+      }
     },
-    async start() {
-      if (proc) return
-      const fd = openSync(logFile, 'a')
-      // detached: own process group, so a terminal ^C reaches only us and we shut it down in order.
-      const p = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], detached: true })
-      closeSync(fd)
-      // unref: a forgotten server must not keep a test process alive (the exit hook kills it).
-      p.unref()
-      proc = p
-      exited = undefined
-      live.add(handle)
-      p.on('exit', (code, signal) => {
-        exited = `mariadbd exited with ${signal ?? code}`
-        if (proc === p) {
-          proc = undefined
-          live.delete(handle)
-        }
-      })
-      p.on('error', (e) => {
-        exited = `cannot run mariadbd: ${e.message}`
-      })
-      await waitReady(
-        'mariadb',
-        logFile,
-        async () => {
-          const c = await mysql.createConnection({ host: '127.0.0.1', port, user: 'root', connectTimeout: 2000 })
-          try {
-            await c.ping()
-          } finally {
-            await c.end().catch(() => {})
-          }
-        },
-        () => exited,
-      ).catch((e) => {
-        abandon()
-        throw e
-      })
-    },
-    async stop() {
-      const p = proc
-      if (!p) return
-      p.ref() // keep the event loop alive while we wait for the exit
-      const gone = new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())))
-      p.kill('SIGTERM')
-      const timer = setTimeout(() => p.kill('SIGKILL'), 60_000)
-      await gone
-      clearTimeout(timer)
-      proc = undefined
-      live.delete(handle)
-    },
-    async destroy({ keepData = false } = {}) {
-      if (destroyed) return
-      destroyed = true
-      await server.stop()
-      if (!keepData) await rm(root, { recursive: true, force: true })
-    },
-  }
-  await server.start()
-  return server
+  })
 }
 
 /** The user with a password that ClickHouse test servers also have (for URLs with a password). */
@@ -456,7 +390,47 @@ export async function startClickhouse(): Promise<ClickhouseServer> {
   const owner = isRoot ? lookupUser('clickhouse') : undefined
   if (owner) for (const f of [config, join(root, 'users.xml')]) await chown(f, owner.uid, owner.gid)
   const command = [bin, `--config-file=${config}`]
-  const url = `http://default@127.0.0.1:${port}/default`
+  return childServer({
+    kind: 'clickhouse',
+    name: 'clickhouse-server',
+    url: `http://default@127.0.0.1:${port}/default`,
+    port,
+    root,
+    dataDir,
+    logFile,
+    command,
+    output: join(root, 'stdout.log'),
+    // As root, the server runs as `clickhouse` (it has no --user option of its own).
+    spawnOptions: { cwd: root, ...(owner ? { uid: owner.uid, gid: owner.gid } : {}) },
+    stopTimeoutMs: 30_000,
+    probe: async () => {
+      const res = await fetch(`http://127.0.0.1:${port}/?query=SELECT%201`, { signal: AbortSignal.timeout(2000) })
+      if (!res.ok || (await res.text()).trim() !== '1') throw new Error(`HTTP ${res.status}`)
+    },
+  })
+}
+
+/**
+ * A server run as a child process of this one (MariaDB, ClickHouse), started now: detached (its
+ * own process group, so a terminal ^C reaches only us and we shut it down in order) and unref'd
+ * (a forgotten server must not keep a test process alive; the exit hook kills it). Ready once
+ * `probe` succeeds; stopped with SIGTERM, then SIGKILL after stopTimeoutMs.
+ */
+async function childServer(options: {
+  kind: Server['kind']
+  name: string // the program, for messages
+  url: string
+  port: number
+  root: string
+  dataDir: string
+  logFile: string
+  command: string[]
+  output: string // where its stdout and stderr go (appended)
+  spawnOptions?: { cwd?: string; uid?: number; gid?: number }
+  stopTimeoutMs: number
+  probe: () => Promise<void>
+}): Promise<Server> {
+  const { kind, name, root, command } = options
   let proc: ChildProcess | undefined
   let exited: string | undefined
   let destroyed = false
@@ -471,52 +445,37 @@ export async function startClickhouse(): Promise<ClickhouseServer> {
     proc = undefined
     live.delete(handle)
   }
-  const server: ClickhouseServer = {
-    kind: 'clickhouse',
-    url,
-    port,
+  const server: Server = {
+    kind,
+    url: options.url,
+    port: options.port,
     root,
-    dataDir,
-    logFile,
+    dataDir: options.dataDir,
+    logFile: options.logFile,
     command,
     get running() {
       return proc !== undefined
     },
     async start() {
       if (proc) return
-      const fd = openSync(join(root, 'stdout.log'), 'a')
-      // As root, the server runs as `clickhouse` (it has no --user option of its own); detached
-      // and unref'd like MariaDB.
-      const p = spawn(command[0]!, command.slice(1), {
-        stdio: ['ignore', fd, fd],
-        detached: true,
-        cwd: root,
-        ...(owner ? { uid: owner.uid, gid: owner.gid } : {}),
-      })
+      const fd = openSync(options.output, 'a')
+      const p = spawn(command[0]!, command.slice(1), { stdio: ['ignore', fd, fd], detached: true, ...options.spawnOptions })
       closeSync(fd)
       p.unref()
       proc = p
       exited = undefined
       live.add(handle)
       p.on('exit', (code, signal) => {
-        exited = `clickhouse-server exited with ${signal ?? code}`
+        exited = `${name} exited with ${signal ?? code}`
         if (proc === p) {
           proc = undefined
           live.delete(handle)
         }
       })
       p.on('error', (e) => {
-        exited = `cannot run clickhouse-server: ${e.message}`
+        exited = `cannot run ${name}: ${e.message}`
       })
-      await waitReady(
-        'clickhouse',
-        logFile,
-        async () => {
-          const res = await fetch(`http://127.0.0.1:${port}/?query=SELECT%201`, { signal: AbortSignal.timeout(2000) })
-          if (!res.ok || (await res.text()).trim() !== '1') throw new Error(`HTTP ${res.status}`)
-        },
-        () => exited,
-      ).catch((e) => {
+      await waitReady(kind, options.logFile, options.probe, () => exited).catch((e) => {
         abandon()
         throw e
       })
@@ -524,10 +483,10 @@ export async function startClickhouse(): Promise<ClickhouseServer> {
     async stop() {
       const p = proc
       if (!p) return
-      p.ref()
+      p.ref() // keep the event loop alive while we wait for the exit
       const gone = new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())))
       p.kill('SIGTERM')
-      const timer = setTimeout(() => p.kill('SIGKILL'), 30_000)
+      const timer = setTimeout(() => p.kill('SIGKILL'), options.stopTimeoutMs)
       await gone
       clearTimeout(timer)
       proc = undefined
