@@ -416,20 +416,15 @@ export async function startClickhouse(): Promise<ClickhouseServer> {
  * (a forgotten server must not keep a test process alive; the exit hook kills it). Ready once
  * `probe` succeeds; stopped with SIGTERM, then SIGKILL after stopTimeoutMs.
  */
-async function childServer(options: {
-  kind: Server['kind']
-  name: string // the program, for messages
-  url: string
-  port: number
-  root: string
-  dataDir: string
-  logFile: string
-  command: string[]
-  output: string // where its stdout and stderr go (appended)
-  spawnOptions?: { cwd?: string; uid?: number; gid?: number }
-  stopTimeoutMs: number
-  probe: () => Promise<void>
-}): Promise<Server> {
+async function childServer(
+  options: Pick<Server, 'kind' | 'url' | 'port' | 'root' | 'dataDir' | 'logFile' | 'command'> & {
+    name: string // the program, for messages
+    output: string // where its stdout and stderr go (appended)
+    spawnOptions?: { cwd?: string; uid?: number; gid?: number }
+    stopTimeoutMs: number
+    probe: () => Promise<void>
+  },
+): Promise<Server> {
   const { kind, name, root, command } = options
   let proc: ChildProcess | undefined
   let exited: string | undefined
