@@ -32,6 +32,7 @@ import {
   rawMysqlInsert,
   round,
   serverCpuMs,
+  DRAINED_POLL,
 } from './common.js'
 
 const sizes = (process.argv[2] ?? '1000000,5000000,10000000').split(',').map(Number)
@@ -57,6 +58,19 @@ const homeSettings = Object.fromEntries(
     )
   ).rows.map((r) => [r.name, r.value]),
 )
+// The bench's own poll for the end of a drain (drained() in common.ts, every 100 ms). It runs on
+// the home too, and costs more per call the more changes are pending (2.7 ms a call during the 10M
+// drain, 0.3 ms during the 1M one: 4.0 s of the 10M drain's home CPU, 0.04 s of the 1M one's).
+// It is counted apart (pollCost) and taken out of the drain's home CPU per member.
+const POLL = DRAINED_POLL
+const pollCost = async () => {
+  const { rows } = await q(
+    `select coalesce(sum(calls), 0)::bigint as calls, coalesce(sum(total_exec_time), 0)::float8 as exec_ms from pg_stat_statements
+     where dbid = (select oid from pg_database where datname = current_database()) and query = $1`,
+    [POLL],
+  )
+  return { calls: Number(rows[0].calls), exec_ms: round(rows[0].exec_ms, 1) }
+}
 /** Shared-buffer traffic of the drain's statements (all but the bench's own), since the reset. */
 const drainBuffers = async () =>
   Object.fromEntries(
@@ -66,10 +80,23 @@ const drainBuffers = async () =>
            coalesce(sum(shared_blks_read), 0)::bigint as read, coalesce(sum(shared_blks_dirtied), 0)::bigint as dirtied,
            coalesce(sum(shared_blks_written), 0)::bigint as written, coalesce(sum(temp_blks_written), 0)::bigint as temp_written
          from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
-           and query not like 'insert into scale_%' and query not like '%pg_stat_statements%'`)
+           and query not like 'insert into scale_%' and query not like '%pg_stat_statements%' and query <> '${POLL}'`)
       ).rows[0],
     ).map(([k, v]) => [k, Number(v)]),
   )
+/**
+ * The same traffic per statement, the eight with most buffer hits: which of the drain's statements
+ * costs more per member as N grows (their text cut to 160 characters, times in ms).
+ */
+const drainStatements = async () =>
+  (
+    await q(`select left(regexp_replace(query, '\\s+', ' ', 'g'), 160) as query, calls::bigint as calls,
+       shared_blks_hit::bigint as hit, shared_blks_dirtied::bigint as dirtied, round(total_exec_time::numeric, 1)::float8 as exec_ms,
+       round(total_plan_time::numeric, 1)::float8 as plan_ms
+     from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+       and query not like 'insert into scale_%' and query not like '%pg_stat_statements%' and query <> '${POLL}'
+     order by shared_blks_hit desc limit 8`)
+  ).rows.map((r) => ({ ...r, calls: Number(r.calls), hit: Number(r.hit), dirtied: Number(r.dirtied) }))
 const target = await mysqlDatabase(maria.url, 'bench_scale')
 process.env.BENCH_TARGET_URL = target.url
 await q(`select segmenter.create_consumer('maria', 'mysql', 'mysql', 'BENCH_TARGET_URL')`)
@@ -211,6 +238,8 @@ for (const n of sizes) {
   const drainAutovacuumCpuMs = autovacuum.stop()
   const drainPeakMb = procStatusMb(child.pid!, 'VmHWM')
   const drainBufferTraffic = await drainBuffers()
+  const drainStatementTraffic = await drainStatements()
+  const polling = await pollCost()
   const tableStats = (
     await q(
       `select autovacuum_count::int as autovacuum, autoanalyze_count::int as autoanalyze, vacuum_count::int as vacuum
@@ -284,6 +313,8 @@ for (const n of sizes) {
     // fall inside the drain), and the rest per member.
     home_autovacuum_cpu_s: round(drainAutovacuumCpuMs / 1000, 1),
     home_cpu_us_per_member_without_autovacuum: round(((drainHomeCpuMs - drainAutovacuumCpuMs) * 1000) / n, 2),
+    home_bench_polling: polling,
+    home_cpu_us_per_member_without_autovacuum_and_polling: round(((drainHomeCpuMs - drainAutovacuumCpuMs - polling.exec_ms) * 1000) / n, 2),
     // The segment table's autovacuum runs by the end of the drain (pg_stat_user_tables).
     table_autovacuum_by_drain_end: tableStats,
     sidecar_cpu_s: round(drainSidecarCpuMs / 1000, 1),
@@ -296,6 +327,7 @@ for (const n of sizes) {
     resync_peak_rss_mb: round(resyncPeakMb ?? NaN, 0),
     // Blocks (8 kB) of the drain's statements in shared buffers: hit, read from outside, dirtied, written out.
     drain_shared_blocks: drainBufferTraffic,
+    drain_statements: drainStatementTraffic,
     member_rows_read_10k: memberRowsPlan,
     changes_read_2: changesPlan,
     change_log_events: events,
