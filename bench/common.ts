@@ -205,13 +205,13 @@ export function segmentTables(pool: pg.Pool) {
   }
 }
 
+/** How drained() asks whether a subscription is done (its $1 is the subscription id). */
+export const DRAINED_POLL = 'select pending_changes from segmenter.status where subscription_id = $1'
+
 /**
  * Wait until the subscription has nothing pending (its home cursor moves only after the target's
  * checkpoint); `alive`, if given, is checked on the way (a sidecar that died fails the wait at once).
  */
-/** How drained() asks whether a subscription is done (its $1 is the subscription id). */
-export const DRAINED_POLL = 'select pending_changes from segmenter.status where subscription_id = $1'
-
 export async function drained(pool: pg.Pool, subscriptionId: string, alive?: () => string | null, timeoutMs = 1_800_000): Promise<void> {
   const end = Date.now() + timeoutMs
   for (;;) {
