@@ -224,6 +224,20 @@ export async function drained(pool: pg.Pool, subscriptionId: string, alive?: () 
   }
 }
 
+/**
+ * When the drain of a subscription ended, by the home's clock (epoch ms): the log row of its last
+ * batch, written with the cursor move that ends it (segmenter.log.at is clock_timestamp()). Exact,
+ * where drained() returns up to its 100 ms poll after the end (4-8% of a one-second drain).
+ */
+export async function drainEnd(pool: pg.Pool, subscriptionId: string): Promise<number> {
+  const { rows } = await pool.query(
+    `select extract(epoch from max(at)) * 1000 as at from segmenter.log where kind = 'batch' and ok and subscription_id = $1`,
+    [subscriptionId],
+  )
+  if (rows[0].at === null) throw new Error(`subscription ${subscriptionId} logged no batch`)
+  return Number(rows[0].at)
+}
+
 /** The MariaDB baseline: members 1..n into `table`, `batch` rows per INSERT, one transaction each; ms. */
 export async function rawMysqlInsert(conn: mysql.Connection, table: string, n: number, batch: number): Promise<number> {
   const start = performance.now()

@@ -22,6 +22,7 @@ import {
   cpuByKind,
   cpuSince,
   drained as drainedIn,
+  drainEnd,
   median,
   percentile,
   procStatusMb,
@@ -80,10 +81,12 @@ receiverLines.on('line', (line) => {
 const receiverUrl = `http://127.0.0.1:${port}`
 const stats = async () => (await (await fetch(receiverUrl)).json()) as { members: number; requests: number }
 
-const home = await benchDatabase()
+// pg_stat_statements: where the home's share of the drain goes (home_statements).
+const home = await benchDatabase(['-c shared_preload_libraries=pg_stat_statements'])
 const q = (sql: string, params?: unknown[]) => home.pool.query(sql, params)
 process.env.BENCH_HOOK_URL = `${receiverUrl}/hooks`
 process.env.BENCH_HOOK_SECRET = SECRET
+await q('create extension if not exists pg_stat_statements')
 await q(`select segmenter.create_consumer('hook', 'http', 'json', 'BENCH_HOOK_URL', '{"signing_secret_env": "BENCH_HOOK_SECRET"}')`)
 
 /** The baseline: the bodies the default add template renders for the same members, POSTed one by one. */
@@ -139,10 +142,12 @@ async function pipelineRound(r: number) {
   const start = performance.now()
   await q(`insert into ${name} (segment_id, id) select $1, 'member-' || g from generate_series(1, $2) g`, [seg, members])
   const commitMs = performance.now() - start
+  const committedAt = now()
   const cpu = cpuByKind()
   const sidecarBefore = serverCpuMs(sidecar.pid!)
   await drained(sub)
-  const drainMs = performance.now() - start - commitMs
+  // To the log row of the last batch, not to when the poll saw it (drainEnd).
+  const drainMs = (await drainEnd(home.pool, sub)) - committedAt
   const cpuMs = cpuSince(cpu)
   const sidecarCpuMs = serverCpuMs(sidecar.pid!) - sidecarBefore
   const got = (await stats()).members - before
@@ -170,12 +175,26 @@ const idleMb = procStatusMb(sidecar.pid!, 'VmRSS')
 
 const raw: Array<Awaited<ReturnType<typeof rawRound>>> = []
 const pipe: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
+await q('select pg_stat_statements_reset()')
 for (let r = 1; r <= rounds; r++) {
   progress(`round ${r}/${rounds}: raw fetch POSTs, ${members} members in batches of ${batch}`)
   raw.push(await rawRound())
   progress(`round ${r}/${rounds}: pipeline`)
   pipe.push(await pipelineRound(r))
 }
+// The home's statements in the pipeline rounds, per round (the drain's, the bench's poll, the
+// setup of each round; not the INSERT that makes the backlog): the ten that took longest.
+const homeStatements = (
+  await q(
+    `select left(regexp_replace(query, '\\s+', ' ', 'g'), 160) as query, calls::bigint / $1::int as calls,
+       round((total_exec_time / $1::int)::numeric, 1)::float8 as exec_ms, shared_blks_hit::bigint / $1::int as hit,
+       shared_blks_dirtied::bigint / $1::int as dirtied, wal_bytes::bigint / $1::int as wal_bytes
+     from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
+       and query not like 'insert into bench_http_%' and query not like '%pg_stat_statements%'
+     order by total_exec_time desc limit 10`,
+    [rounds],
+  )
+).rows.map((r) => ({ ...r, calls: Number(r.calls), hit: Number(r.hit), dirtied: Number(r.dirtied), wal_bytes: Number(r.wal_bytes) }))
 
 progress(`latency: ${latencyCommits} single-row commits, batch_size 1`)
 const segLatency = await tables.replace('bench_http_latency')
@@ -220,6 +239,7 @@ console.log(
       // The sidecar process alone (its CPU is what the drain waits for: the steadier reading of
       // a change to it than the ratio, which moves with the machine's other load).
       sidecar_cpu_us_per_member: pipe.map((p) => round((p.sidecarCpuMs * 1000) / members, 2)),
+      home_statements_per_round: homeStatements,
       latency_ms: {
         commits: latencyCommits,
         p50: round(percentile(latencies, 50), 1),

@@ -2,10 +2,13 @@
 // that the figures of every size come from the same servers, the same settings and the same hour.
 // Per size N (default 1M, 5M, 10M), with the sidecar started as users start it (bin/segmenter.js
 // run, a child process, its launcher's heap flags):
-//  1. raw: N rows into MariaDB with mysql2, batches of B, one transaction per batch (the baseline);
+//  1. raw: N rows into MariaDB with mysql2, batches of B, one transaction per batch (the baseline),
+//     once before the drain and once after it: raw moves ±15% between measurements on this VM, and
+//     one raw per size made the ratios of two sizes differ by that much (runs 7 and 9);
 //  2. drain: one home INSERT of N members into a registered segment table with an active
-//     subscription, then from the home commit until the home cursor covers everything; the ratio
-//     raw / drain, the CPU of the home Postgres and of the sidecar per member, the sidecar's peak RSS;
+//     subscription, then from the home commit until the home cursor covers everything (the log row
+//     of the last batch); the ratio raw / drain (raw: the mean of its two times), the CPU of the
+//     home Postgres and of the sidecar per member, the sidecar's peak RSS;
 //  3. resync: a new subscription of the same N members (a snapshot, as resync takes) drained by a
 //     fresh sidecar: its peak RSS (VmHWM) and rate;
 //  4. the change log: its size on disk per captured event after the drain, and after prune().
@@ -26,6 +29,7 @@ import {
   cpuByKind,
   cpuSince,
   drained,
+  drainEnd,
   mysqlDatabase,
   postmasterPid,
   procStatusMb,
@@ -202,8 +206,8 @@ async function raw(n: number) {
 
 const results: Record<string, unknown>[] = []
 for (const n of sizes) {
-  progress(`${n}: raw mysql2 baseline`)
-  const rawMs = await raw(n)
+  progress(`${n}: raw mysql2 baseline (before the drain)`)
+  const rawBeforeMs = await raw(n)
 
   progress(`${n}: drain`)
   const table = `scale_${n}`
@@ -223,12 +227,12 @@ for (const n of sizes) {
     [segment, n],
   )
   const insertMs = performance.now() - insertStart
+  const committedAt = performance.timeOrigin + performance.now()
   const cpu = cpuByKind()
   const [home0, maria0, sidecar0] = [homeCpuMs(), mariaCpuMs(), processCpuMs(child.pid!)]
   const autovacuum = autovacuumCpu()
-  const drainStart = performance.now()
   await drainedBy(drainSub, child)
-  const drainMs = performance.now() - drainStart
+  const drainMs = (await drainEnd(home.pool, drainSub)) - committedAt
   const steal = cpuSince(cpu).steal!
   const [drainHomeCpuMs, drainMariaCpuMs, drainSidecarCpuMs] = [
     homeCpuMs() - home0,
@@ -278,6 +282,10 @@ for (const n of sizes) {
   const events = Number((await q(`select coalesce(sum(members), 0) as n from segmenter.changes`)).rows[0].n)
   await target.conn.query('drop table members')
 
+  progress(`${n}: raw mysql2 baseline (after the drain)`)
+  const rawAfterMs = await raw(n)
+  const rawMs = (rawBeforeMs + rawAfterMs) / 2
+
   progress(`${n}: resync in a fresh sidecar`)
   await targetTable('members')
   child = startSidecar()
@@ -304,6 +312,7 @@ for (const n of sizes) {
   const result = {
     members: n,
     raw_rows_per_s: Math.round(n / (rawMs / 1000)),
+    raw_rows_per_s_before_and_after: [Math.round(n / (rawBeforeMs / 1000)), Math.round(n / (rawAfterMs / 1000))],
     drain_rows_per_s: Math.round(n / (drainMs / 1000)),
     drain_ratio: round(rawMs / drainMs, 2),
     home_insert_ms: Math.round(insertMs),

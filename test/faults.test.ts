@@ -177,7 +177,10 @@ for (const [lanes, target] of [
 ] as const) {
   test(`two sidecars, the lock holder's home session terminated again and again: nothing twice (lanes ${lanes}, ${target} target)`, async (t) => {
     const defer = deferrer(t)
-    const w = await world(defer, { batchSize: 200, lanes, target })
+    // Every batch waits 5 ms in the target: the delivery lasts longer than a few terminations on any
+    // machine (without it, a fast machine delivered the 60,000 members between two of them).
+    const pause = target === 'mysql' ? 'do sleep(0.005)' : 'select pg_sleep(0.005)'
+    const w = await world(defer, { addSql: `${ADD}; ${pause}`, batchSize: 200, lanes, target })
     const sidecars = await Promise.all(
       [0, 1].map(() =>
         startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 50, env: w.env, retryBaseMs: 50, retryMaxMs: 200 }, defer),
@@ -205,9 +208,11 @@ for (const [lanes, target] of [
 
 test('a standby sidecar takes over after kill -9 of the active one while the target is slow, three times: exact', async (t) => {
   const defer = deferrer(t)
-  // Every batch sleeps in the target: a killed sidecar leaves a transaction running there.
+  // Every batch sleeps in the target: a killed sidecar leaves a transaction running there. 400
+  // batches: a transaction takes up to 100 of them on one lane, so the three kills, each after
+  // another 2,000 members, land before the last one commits.
   const w = await world(defer, { addSql: `${ADD}; do sleep(0.03)`, batchSize: 250 })
-  await w.home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 40000) g`, [w.segmentId])
+  await w.home.query(`insert into seg (segment_id, id) select $1, 'm' || g from generate_series(1, 100000) g`, [w.segmentId])
   const children = new Map<string, ChildProcess>()
   const start = (name: string) => {
     // The name shows in pg_stat_activity: it says which sidecar holds the subscription's lock.
@@ -237,7 +242,7 @@ test('a standby sidecar takes over after kill -9 of the active one while the tar
     await killed(victim)
     children.delete(name)
     start(`s${kill + 2}`) // a new standby; the old one takes over
-    assert.ok((await w.targetMembers()).length < 40000, 'killed mid-delivery')
+    assert.ok((await w.targetMembers()).length < 100_000, 'killed mid-delivery')
   }
   await converged(w, 120_000)
   for (const child of children.values()) child.kill('SIGTERM')

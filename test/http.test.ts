@@ -246,6 +246,53 @@ test('a receiver that rejects one member with 400: it is dead-lettered with the 
   assert.deepEqual(w.receiver.violations, [])
 })
 
+test('a backlog of many windows streams through one run: a member rejected in its third window is isolated, every other member exactly once', async (t) => {
+  const defer = deferrer(t)
+  // Batches of 1,000: windows of 10,000, each read ahead while the one before is sent, and the run
+  // going on into it (deliverRun's extend). m25437 is in the third window.
+  const w = await world(defer, { receiver: { rejectMembers: ['m25437'] }, batchSize: 1000 })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 40000) g`, [w.segmentId])
+  await homeCaughtUp((sql) => w.home.query(sql), 60_000)
+  const members = applied(w.receiver).flatMap((a) => a.members)
+  assert.equal(members.length, 39_999)
+  assert.equal(new Set(members).size, 39_999, 'no member twice')
+  assert.deepEqual(
+    members,
+    Array.from({ length: 40_000 }, (_, i) => `m${i + 1}`).filter((m) => m !== 'm25437'),
+    'in the order of the changes',
+  )
+  const dead = await w.home.query(`select member_id from segmenter.dead_letters`)
+  assert.deepEqual(
+    dead.map((d) => d.member_id),
+    ['m25437'],
+  )
+  assert.deepEqual(w.receiver.violations, [])
+})
+
+test('a pause reaches a backlog that streams from window to window: at most the windows already going are sent, then nothing until resume', async (t) => {
+  const defer = deferrer(t)
+  // Each answer held 30 ms: 60 batches of 1,000 (six windows) take at least 1.8 s.
+  const w = await world(defer, { receiver: { stallMs: 30 }, batchSize: 1000 })
+  await startTestSidecar({ databaseUrl: w.home.url, pollIntervalMs: 100, env: w.env }, defer)
+  await w.home.query(`insert into test_segment (segment_id, id) select $1, 'm' || g from generate_series(1, 60000) g`, [w.segmentId])
+  await until('five requests accepted', async () => w.receiver.accepted().length >= 5)
+  await w.home.query(`select segmenter.pause('sub')`)
+  const atPause = w.receiver.requests.length
+  await new Promise((r) => setTimeout(r, 2500))
+  const sentAfter = w.receiver.requests.length - atPause
+  t.diagnostic(`${atPause} requests before the pause, ${sentAfter} after it`)
+  // The run checks the subscription before it goes on into each window: what goes after the pause
+  // is the rest of the window it was in and of the one it had gone on into, at most 20 batches.
+  assert.ok(sentAfter <= 20, `${sentAfter} requests after the pause`)
+  const settled = w.receiver.requests.length
+  await new Promise((r) => setTimeout(r, 500))
+  assert.equal(w.receiver.requests.length, settled, 'nothing more goes while paused')
+  await w.home.query(`select segmenter.resume('sub')`)
+  await homeCaughtUp((sql) => w.home.query(sql), 60_000)
+  assertExactlyOnce(w.receiver, 60_000, () => false)
+})
+
 test('hostile strings arrive as the exact JSON strings, also when replayed from the journal after timeouts', async (t) => {
   const defer = deferrer(t)
   const add = `{"event": "add", "members": [{for $i, $m = $batch}{"id": {$m.id}, "custom": {$m.customid}}{autocomma}{end}]}`

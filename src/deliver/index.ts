@@ -6,7 +6,7 @@
 // journal.ts (what a target without transactions is sent, recorded before and replayed as it was)
 // and record.ts (everything else written home).
 import { sequenceChanges } from '../api.js'
-import { endOf, eventCount } from '../batch.js'
+import { endOf, eventCount, MEMBER_EVENTS, type Batch } from '../batch.js'
 import { SegmenterError } from '../errors.js'
 import type pg from 'pg'
 import { loadMemberRows, loadSegments, loadSubscription, readPending, SUBSCRIPTION_SQL, type SubscriptionRow } from '../read.js'
@@ -32,7 +32,7 @@ import {
 } from './hold.js'
 import { deliverBatch } from './isolate.js'
 import { replayUnconfirmed } from './journal.js'
-import { deliverRun, runLength } from './pipeline.js'
+import { deliverRun, runLength, type ExtendRun } from './pipeline.js'
 import { planWindow, READ_AHEAD_MAX_EVENTS, readWindow, scopeOf, type Window } from './read-ahead.js'
 import { reconcileCursor, recordRetry, recordRoundFailure, type LogRows } from './record.js'
 import { memberColumns, type DeliveryContext, type Round, type RoundResult } from './round.js'
@@ -195,7 +195,7 @@ export async function deliverSubscription(
         return { kind: 'idle' }
       }
       const count = hit ? prefetched.count : eventCount(pending)
-      const { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, count, window)
+      let { plan, batches } = (hit && prefetched.planned) || planWindow(sub, pending, count, window)
       if (plan.flush.length === 0) return { kind: 'wait', ms: plan.waitMs ?? sub.batch_timeout_ms }
       const segments = hit ? prefetched.segments : (ofSub ?? (await loadSegments(ctx.pool, sub.segment_ids)))
       const columnsOf = memberColumns(ctx, sub, sink.dialect)
@@ -209,16 +209,65 @@ export async function deliverSubscription(
       if (count === window && (window <= READ_AHEAD_MAX_EVENTS || rowCount(members) === 0)) {
         ahead = readWindow(ctx.pool, sub, endOf(plan.flush), window, columnsOf)
       }
+      // A window without member rows lets its last run go on into the windows read ahead of it
+      // (deliverRun's extend): a backlog streams through one pipeline instead of emptying it at every
+      // window's end (HTTP in batches of 10,000: the receiver waited 12-21 ms at each of them, for
+      // the round trips between windows and the next window's first render and record). The
+      // subscription is read again for each window it goes on into, as between windows, and a
+      // pause, an edit, a Retry-After or anything else that differs ends the run there.
+      // With member rows it does not: a window's rows are its own (Round.members).
+      const streams = ahead !== null && rowCount(members) === 0
+      /**
+       * The window read ahead, if the run ending with `tail` goes on into it: that window then is the
+       * current one (its plan, segments and read ahead); returns its batches and how many of them
+       * continue the run.
+       */
+      const runsOn = async (tail: Batch): Promise<{ batches: Batch[]; consumed: number } | null> => {
+        if (!ahead || stopped()) return null
+        const [, now] = await Promise.all([sequenceChanges(ctx.pool), loadSubscription(ctx.pool, subscriptionId), logRows.written])
+        if (!now || !deliversAlike(ctx, sub, now)) return null
+        const next = await ahead
+        if (!next?.planned || next.planned.plan.waitMs !== null || rowCount(next.members) > 0) return null
+        if (next.scope !== scopeOf(sub) || compareCheckpoints(next.from, tail.through) !== 0) return null
+        const first = next.planned.batches[0]
+        if (!first || first.event !== tail.event || first.segmentId !== tail.segmentId || !MEMBER_EVENTS.has(tail.event)) return null
+        ahead = readWindow(ctx.pool, sub, endOf(next.planned.plan.flush), window, columnsOf)
+        plan = next.planned.plan
+        round.segments = next.segments
+        round.members = next.members
+        return { batches: next.planned.batches, consumed: runLength(next.planned.batches, 0) }
+      }
       // Stops only between batches: each is committed whole with its checkpoint, or not at all.
       for (let i = 0; i < batches.length && !stopped();) {
         try {
           const run = runLength(batches, i)
+          const last = i + run === batches.length
           let alone = 1
-          if (run > 1) {
-            const result = await deliverRun(round, batches.slice(i, i + run), stopped)
-            i += result.committed
+          if (run > 1 || (last && streams)) {
+            // The window the run went on into, and how many of its batches it took.
+            let into: { batches: Batch[]; consumed: number } | null = null
+            const extend: ExtendRun | undefined =
+              last && streams
+                ? async () => {
+                    // A run that took only part of a window ends inside it.
+                    if (into && into.consumed < into.batches.length) return null
+                    const next = await runsOn(into ? into.batches[into.consumed - 1]! : batches[batches.length - 1]!)
+                    if (!next) return null
+                    into = next
+                    return next.batches.slice(0, next.consumed)
+                  }
+                : undefined
+            const unfinished = batches.slice(i, i + run)
+            const result = await deliverRun(round, unfinished, stopped, extend)
+            if (into === null) i += result.committed
+            else {
+              // Where the run went on: what is left of it, then the rest of the window it ended in.
+              const ended: { batches: Batch[]; consumed: number } = into
+              batches = [...unfinished, ...ended.batches.slice(ended.consumed)]
+              i = 0
+            }
             if (result.error !== undefined) throw result.error
-            if (result.committed === run || stopped()) continue
+            if (unfinished.length === 0 || stopped()) continue
             alone = result.alone
           }
           // One at a time: a lone batch, or those where a run stopped (a rejection is split here).
@@ -264,6 +313,31 @@ export async function deliverSubscription(
     // Unless the round failed anyway: the round's own error says more than the log's.
     if (recordError !== undefined && failure === undefined) throw recordError
   }
+}
+
+/**
+ * Whether the subscription, read again, still delivers as `sub` did: active, not held, not asked to
+ * wait, the same templates, batches, segments and consumer (a run goes on into the next window).
+ */
+function deliversAlike(ctx: DeliveryContext, sub: SubscriptionRow, now: SubscriptionRow): boolean {
+  const how = (s: SubscriptionRow) =>
+    JSON.stringify([
+      s.segment_ids,
+      s.add_sql,
+      s.remove_sql,
+      s.clear_sql,
+      s.update_sql,
+      s.segment_upsert_sql,
+      s.segment_delete_sql,
+      s.syntax,
+      s.batch_size,
+      s.batch_timeout_ms,
+      s.audience,
+      s.resync_pos,
+      s.sync_key,
+      consumerFingerprint(s.consumer, ctx.env),
+    ])
+  return now.state === 'active' && now.error === null && !now.retry_after_ms && how(now) === how(sub)
 }
 
 const rowCount = (members: Round['members']) => [...members.values()].reduce((n, rows) => n + rows.size, 0)

@@ -15,6 +15,11 @@ const RECORD_EVERY = 20
 // sent again one batch at a time.
 const TRANSACTION_MAX_BATCHES = 100
 const TRANSACTION_MAX_BYTES = 1 << 20
+// Where each batch is a request of its own (sink.identifiesRequests: HTTP), a group saves only
+// journal records, and rendering far ahead of what is on its way holds rendered bodies in memory
+// (up to 100 of 270 kB in bench/http) and delays what a pause or a stop waits for. There, a group
+// is at most this many batches, rendered while the one before is on its way.
+const REQUEST_GROUP_MAX_BATCHES = 2
 
 /**
  * How many batches from `i` on may be delivered as one run (deliverRun): consecutive batches of
@@ -31,28 +36,41 @@ export function runLength(batches: Batch[], i: number): number {
 }
 
 /**
+ * Where a run may go on into the next window: the batches that continue it (the next window's first
+ * run, when it is of the same event and segment), or null where the run ends with this window.
+ * Asked once everything of the run is rendered, while its last sends are still on their way.
+ */
+export type ExtendRun = () => Promise<Batch[] | null>
+
+/**
  * Deliver a run of batches as a pipeline: the next batches are rendered while the target executes
  * the previous ones, and the log rows go home RECORD_EVERY at a time, off the critical path. With
  * `lanes` > 1, up to that many transactions are open at once, one batch each, committed strictly
  * in order, each with its checkpoint. With one, the batches rendered while a transaction ran go
- * together in the next one (up to TRANSACTION_MAX_BATCHES and TRANSACTION_MAX_BYTES),
- * statements, checkpoint and COMMIT in one round trip: a backlog costs the target a commit and a
- * checkpoint write per group instead of per batch, and a lone change still goes at once. The run
+ * together in the next one (up to TRANSACTION_MAX_BATCHES, or REQUEST_GROUP_MAX_BATCHES requests,
+ * and TRANSACTION_MAX_BYTES), statements, checkpoint and COMMIT in one round trip: a backlog
+ * costs the target a commit and a checkpoint write per group instead of per batch, and a lone
+ * change still goes at once. The run
  * stops early, rolling back what is open, where a batch fails to render or execute; it returns how
  * many batches were committed, how many from there on the caller should deliver one at a time
  * (where the target rejects a row, those are split), and a connection failure to retry.
+ * With `extend`, the run goes on with the batches it gives (appended to `run`) instead of ending
+ * with its last batch: the pipeline does not empty at each window's end. `run` is left holding only
+ * the batches not committed: committed ones are dropped from it as they go, so that a run over many
+ * windows keeps only its unfinished batches, and their ids, in memory.
  */
 export async function deliverRun(
   round: Round,
   run: Batch[],
   shouldStop: () => boolean,
+  extend?: ExtendRun,
 ): Promise<{ committed: number; alone: number; error?: unknown }> {
   const { ctx, sink, sub } = round
   const lanes = ctx.oneLane.has(sub.subscription_id) ? 1 : sink.lanes
-  const perTransaction = lanes === 1 ? TRANSACTION_MAX_BATCHES : 1
+  const perTransaction = lanes > 1 ? 1 : sink.identifiesRequests ? REQUEST_GROUP_MAX_BATCHES : TRANSACTION_MAX_BATCHES
   const open: Array<{ group: Rendered[]; tx: OpenTransaction; started: number; settled: boolean }> = []
   const ready: Rendered[] = [] // rendered, not begun
-  let next = 0 // the first batch not rendered yet
+  let next = 0 // the first batch of `run` not rendered yet
   let end = run.length // where the run stops: before a batch that must go alone
   let committed = 0
   let alone = 1
@@ -60,6 +78,25 @@ export async function deliverRun(
   const done: Delivered[] = [] // committed, not yet recorded at home
   // Where the next group's send starts, for the journal (journal.ts) of a target without transactions.
   let sentThrough = journals(sub) ? await sendsFrom(sink, sub.sync_key) : null
+  // The ask for more batches (extend), from when the last one is rendered until it answers.
+  let extending: Promise<void> | null = null
+  let extensible = extend !== undefined
+  const askMore = () => {
+    if (!extensible || extending || next < end || end < run.length || shouldStop()) return
+    extending = extend!().then(
+      (more) => {
+        if (more?.length) run.push(...more)
+        else extensible = false
+        end = run.length
+        extending = null
+      },
+      () => {
+        // The caller's state is as it was: the run ends here, and the next window is read as usual.
+        extensible = false
+        extending = null
+      },
+    )
+  }
   /** The next batch, rendered; null where the run ends before it. */
   const renderNext = (): Rendered | null => {
     if (next >= end) return null
@@ -74,6 +111,7 @@ export async function deliverRun(
     if (bytes > sink.maxStatementBytes) end = next // split alone
     if (next >= end) return null
     next++
+    if (next === end) askMore()
     return { batch, statement, bytes }
   }
   /** The rendered batches that go in the next transaction. */
@@ -133,7 +171,11 @@ export async function deliverRun(
         open.push(entry)
       }
       const head = open.shift()
-      if (!head) break
+      if (!head) {
+        if (!extending) break
+        await extending // everything sent: the next window's batches, if they continue the run
+        continue
+      }
       // The target is busy with the open transactions: render the next batches meanwhile, one per
       // turn of the event loop (after the queries above went out: they are written to the socket
       // once the microtasks have run), until a transaction's worth or the head is done.
@@ -143,7 +185,14 @@ export async function deliverRun(
       // body) before it went.
       const formsNext = () => journaling && lanes === 1 && !formed && ready.length > 0 && !shouldStop()
       if (!sink.groupsBatches && formsNext()) formed = formGroup()
-      while (ready.length < perTransaction && next < end && !head.settled && !shouldStop()) {
+      const headDone = head.tx.executed.then(noop, noop)
+      while (ready.length < perTransaction && !head.settled && !shouldStop()) {
+        if (next >= end) {
+          // Nothing left to render: until the head is back, or the next window's batches are here.
+          if (!extending) break
+          await Promise.race([extending, headDone])
+          continue
+        }
         await new Promise((resolve) => setImmediate(resolve))
         const rendered = renderNext()
         if (!rendered) break
@@ -160,6 +209,10 @@ export async function deliverRun(
         break
       }
       const ms = (performance.now() - head.started) / head.group.length
+      // Committed: gone from the run (its first batches, in order), and from `next` and `end` with it.
+      run.splice(0, head.group.length)
+      next -= head.group.length
+      end -= head.group.length
       for (const { batch, statement } of head.group) {
         committed++
         ctx.onBatch?.(sub, batch, true, ms)
@@ -178,6 +231,7 @@ export async function deliverRun(
       }
     }
   } finally {
+    await extending // it changes the caller's state: settled before the caller looks at it
     await Promise.all(open.map((o) => o.tx.rollback()))
     // A group recorded but not sent: its record lands before whatever is recorded next from here.
     await formed?.recorded?.catch(() => {})
@@ -194,6 +248,8 @@ export async function deliverRun(
     return { committed, alone, error: failure }
   return { committed, alone }
 }
+
+const noop = () => {}
 
 /** A batch rendered for deliverRun; bytes of its statement. */
 interface Rendered {
