@@ -81,7 +81,7 @@ receiverLines.on('line', (line) => {
 const receiverUrl = `http://127.0.0.1:${port}`
 const stats = async () => (await (await fetch(receiverUrl)).json()) as { members: number; requests: number }
 
-// pg_stat_statements: where the home's share of the drain goes (home_statements).
+// pg_stat_statements: where the home's share of the drain goes (home_statements_per_round).
 const home = await benchDatabase(['-c shared_preload_libraries=pg_stat_statements'])
 const q = (sql: string, params?: unknown[]) => home.pool.query(sql, params)
 process.env.BENCH_HOOK_URL = `${receiverUrl}/hooks`
