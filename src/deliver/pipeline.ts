@@ -139,7 +139,10 @@ export async function deliverRun(
     return { group, statements, through, sent, from, recorded }
   }
   // On one lane, the next group formed and its send recorded while the head is still on its way,
-  // so that the record does not wait for the head, nor the next send for the record.
+  // so that the record does not wait for the head, nor the next send for the record. Its life: set
+  // (formGroup, which starts the record) while the head is in flight, taken as the next send in
+  // the loop below (and cleared there), or, where the run stops first, its record awaited in
+  // `finally` so that it lands before anything recorded later. At most one at a time.
   let formed: ReturnType<typeof formGroup> | null = null
   try {
     for (;;) {
