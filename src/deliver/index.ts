@@ -111,13 +111,14 @@ export async function deliverSubscription(
     if (!locked) return { kind: 'busy' }
     home = identity
     let loaded: SubscriptionRow | null | undefined = held.sub
+    // The subscription read again before a window (new changes sequenced, the log rows so far
+    // written): between windows, or where a run goes on into the next one (runsOn).
+    const reload = async () =>
+      (await Promise.all([sequenceChanges(ctx.pool), loadSubscription(ctx.pool, subscriptionId), logRows.written]))[1]
     for (;;) {
       if (stopped()) return lockLost ? lostLock(ctx, subscriptionId) : { kind: 'idle' }
       // Between windows the target waits for these round trips: they go together.
-      const sub =
-        loaded !== undefined
-          ? loaded
-          : (await Promise.all([sequenceChanges(ctx.pool), loadSubscription(ctx.pool, subscriptionId), logRows.written]))[1]
+      const sub = loaded !== undefined ? loaded : await reload()
       loaded = undefined
       if (!sub || sub.state !== 'active' || sub.error !== null) return { kind: 'idle' }
       // The receiver's Retry-After, heard by this sidecar or another (one killed while it waited).
@@ -224,7 +225,7 @@ export async function deliverSubscription(
        */
       const runsOn = async (tail: Batch): Promise<{ batches: Batch[]; consumed: number } | null> => {
         if (!ahead || stopped()) return null
-        const [, now] = await Promise.all([sequenceChanges(ctx.pool), loadSubscription(ctx.pool, subscriptionId), logRows.written])
+        const now = await reload()
         if (!now || !deliversAlike(ctx, sub, now)) return null
         const next = await ahead
         if (!next?.planned || next.planned.plan.waitMs !== null || rowCount(next.members) > 0) return null
@@ -245,25 +246,26 @@ export async function deliverSubscription(
           let alone = 1
           if (run > 1 || (last && streams)) {
             // The window the run went on into, and how many of its batches it took.
-            let into: { batches: Batch[]; consumed: number } | null = null
+            const went: { into: { batches: Batch[]; consumed: number } | null } = { into: null }
             const extend: ExtendRun | undefined =
               last && streams
                 ? async () => {
+                    const at = went.into
                     // A run that took only part of a window ends inside it.
-                    if (into && into.consumed < into.batches.length) return null
-                    const next = await runsOn(into ? into.batches[into.consumed - 1]! : batches[batches.length - 1]!)
+                    if (at && at.consumed < at.batches.length) return null
+                    const next = await runsOn(at ? at.batches[at.consumed - 1]! : batches[batches.length - 1]!)
                     if (!next) return null
-                    into = next
+                    went.into = next
                     return next.batches.slice(0, next.consumed)
                   }
                 : undefined
             const unfinished = batches.slice(i, i + run)
             const result = await deliverRun(round, unfinished, stopped, extend)
+            const { into } = went
             if (into === null) i += result.committed
             else {
               // Where the run went on: what is left of it, then the rest of the window it ended in.
-              const ended: { batches: Batch[]; consumed: number } = into
-              batches = [...unfinished, ...ended.batches.slice(ended.consumed)]
+              batches = [...unfinished, ...into.batches.slice(into.consumed)]
               i = 0
             }
             if (result.error !== undefined) throw result.error
