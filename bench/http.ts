@@ -3,9 +3,11 @@
 // sidecar started as users start it (`bin/segmenter.js run`, a child process), against a baseline
 // in the same run: raw fetch() POSTs of the same bodies (signed the same way), batch by batch, to
 // the same receiver. The receiver is a child process of its own (node:http: reads each body, counts
-// its members, answers 200), so neither side shares a core with it. Each of R rounds runs raw,
-// then the pipeline; the ratio (members/s of the pipeline from the home commit over members/s of
-// raw) is the median of the rounds'. Then latency with batch_size 1: one-row commits one at a
+// its members, answers 200), so neither side shares a core with it. Each of R rounds runs the
+// pipeline between two raw runs (the one after a round is the one before the next): raw moves by
+// a third between runs on this VM, and a round's ratio (members/s of the pipeline from the home
+// commit over members/s of raw, raw the mean of its two times) took all of that with one raw.
+// The ratio is the median of the rounds'. Then latency with batch_size 1: one-row commits one at a
 // time, from the commit (the bench's clock) to the request's arrival at the receiver (its clock:
 // one machine, performance.timeOrigin + now() in both). Peak RSS (VmHWM) of the sidecar.
 // Usage: node --import tsx bench/http.ts [members=1000000] [batch=10000] [rounds=3] [latency_commits=200]
@@ -17,6 +19,7 @@ import { availableParallelism } from 'node:os'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { WebhookSigner } from '../src/http-request.js'
+import { compileTemplate } from '../src/render/index.js'
 import {
   benchDatabase,
   cpuByKind,
@@ -89,6 +92,23 @@ process.env.BENCH_HOOK_SECRET = SECRET
 await q('create extension if not exists pg_stat_statements')
 await q(`select segmenter.create_consumer('hook', 'http', 'json', 'BENCH_HOOK_URL', '{"signing_secret_env": "BENCH_HOOK_SECRET"}')`)
 
+/** The body templates/http/add.json renders for members first .. first+count-1, built by hand. */
+function rawBody(first: number, count: number, segmentId: string, version: number): string {
+  const ids: string[] = []
+  for (let g = first; g < first + count; g++) ids.push(`  {"id": "member-${g}"}`)
+  return `{"audience": null, "segment_id": "${segmentId}", "event": "add", "version": ${version}, "members": [\n${ids.join(',\n')}\n]}\n`
+}
+// The same bytes as the pipeline sends, or the baseline would measure another body.
+const sample = compileTemplate(template('add'), 'altcraft', 'json').render({
+  segment_id: '00000000-0000-0000-0000-000000000000',
+  segment_name: 'x',
+  audience: null,
+  version: 7n,
+  batch: [{ id: 'member-7' }, { id: 'member-8' }, { id: 'member-9' }],
+})
+if (sample !== rawBody(7, 3, '00000000-0000-0000-0000-000000000000', 7))
+  throw new Error(`the baseline's body is not what templates/http/add.json renders:\n${sample}`)
+
 /** The baseline: the bodies the default add template renders for the same members, POSTed one by one. */
 async function rawRound() {
   const signer = new WebhookSigner(SECRET)
@@ -96,9 +116,7 @@ async function rawRound() {
   const cpu = cpuByKind()
   const start = performance.now()
   for (let first = 1; first <= members; first += batch) {
-    const ids: string[] = []
-    for (let g = first; g < first + batch && g <= members; g++) ids.push(`{"id": "member-${g}"}`)
-    const body = `{"audience": null, "segment_id": "00000000-0000-0000-0000-000000000000", "event": "add", "version": ${first}, "members": [\n${ids.join(',\n')}\n]}`
+    const body = rawBody(first, Math.min(batch, members - first + 1), '00000000-0000-0000-0000-000000000000', first)
     const id = `msg_raw_${first}`
     const when = new Date()
     const response = await fetch(`${receiverUrl}/hooks`, {
@@ -176,11 +194,12 @@ const idleMb = procStatusMb(sidecar.pid!, 'VmRSS')
 const raw: Array<Awaited<ReturnType<typeof rawRound>>> = []
 const pipe: Array<Awaited<ReturnType<typeof pipelineRound>>> = []
 await q('select pg_stat_statements_reset()')
+progress(`raw fetch POSTs, ${members} members in batches of ${batch}`)
+raw.push(await rawRound())
 for (let r = 1; r <= rounds; r++) {
-  progress(`round ${r}/${rounds}: raw fetch POSTs, ${members} members in batches of ${batch}`)
-  raw.push(await rawRound())
-  progress(`round ${r}/${rounds}: pipeline`)
+  progress(`round ${r}/${rounds}: pipeline, then raw`)
   pipe.push(await pipelineRound(r))
+  raw.push(await rawRound())
 }
 // The home's statements in the pipeline rounds, per round (the drain's, the bench's poll, the
 // setup of each round; not the INSERT that makes the backlog): the ten that took longest.
@@ -217,7 +236,9 @@ sidecar.kill('SIGTERM')
 await new Promise((r) => sidecar.once('exit', r))
 
 const perSecond = (ms: number) => Math.round(members / (ms / 1000))
-const ratios = raw.map((x, i) => x.ms / pipe[i]!.drainMs)
+// Round i's baseline: the raw runs before (i) and after (i + 1) it.
+const rawMs = pipe.map((_, i) => (raw[i]!.ms + raw[i + 1]!.ms) / 2)
+const ratios = pipe.map((p, i) => rawMs[i]! / p.drainMs)
 console.log(
   JSON.stringify(
     {
@@ -227,6 +248,7 @@ console.log(
       rounds,
       cores: availableParallelism(),
       target_ratio: 0.8,
+      // R + 1 raw runs: before round 1, then after each round.
       raw_members_per_s: raw.map((x) => perSecond(x.ms)),
       raw_cpu_ms: raw.map((x) => x.cpuMs),
       // From the home commit (the rows and their change log in Postgres) to the home cursor covering

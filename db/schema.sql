@@ -3599,7 +3599,7 @@ CREATE TABLE segmenter.in_flight (
     CONSTRAINT in_flight_check CHECK ((ROW(to_pos, to_ord) > ROW(from_pos, from_ord))),
     CONSTRAINT in_flight_check1 CHECK (((cardinality(segment_ids) = cardinality(events)) AND (cardinality(events) = cardinality(rows)) AND (cardinality(rows) = cardinality(statement_counts))))
 );
-ALTER TABLE ONLY segmenter.in_flight ALTER COLUMN statements SET STORAGE EXTERNAL;
+ALTER TABLE ONLY segmenter.in_flight ALTER COLUMN statements SET COMPRESSION lz4;
 
 --
 -- Name: TABLE in_flight; Type: COMMENT; Schema: segmenter; Owner: -
