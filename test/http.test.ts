@@ -14,7 +14,7 @@ import pino from 'pino'
 import { previewSubscription } from '../src/preview.js'
 import { freshPg, type FreshPg } from './harness/db.js'
 import { SEGMENT_DDL } from './harness/fixtures.js'
-import { startReceiver, type Receiver, type ReceiverOptions } from './harness/receiver.js'
+import { startReceiver, type Receiver, type ReceiverOptions, type Violation } from './harness/receiver.js'
 import { startTestSidecar } from './harness/sidecar.js'
 import { sidecarProcess } from './harness/spawn.js'
 import { deferrer, homeCaughtUp, until } from './harness/wait.js'
@@ -65,7 +65,7 @@ function applied(receiver: Receiver) {
  * webhook-ids accepted; each member's add accepted before its remove; every retry byte-identical
  * and no Retry-After cut short.
  */
-function assertExactlyOnce(receiver: Receiver, members: number, removed: (g: number) => boolean) {
+function assertExactlyOnce(receiver: Receiver, members: number, removed: (g: number) => boolean, kills: number[] = []) {
   const adds = new Map<string, number>()
   const removes = new Map<string, number>()
   const addedAt = new Map<string, number>()
@@ -93,10 +93,24 @@ function assertExactlyOnce(receiver: Receiver, members: number, removed: (g: num
     'each removed once',
   )
   assert.deepEqual(
-    receiver.violations,
+    receiver.violations.filter((v) => !(v.kind === 'retry-after' && unheard(receiver, v, kills))),
     [],
     'no retry differed from its first attempt, no Retry-After was cut short, every signature verified',
   )
+}
+
+// How long after a 429 its Retry-After is surely at home (segmenter.retry_after, written as soon as
+// the sidecar has the answer: a few ms; this much on a loaded machine).
+const RETRY_AFTER_RECORDED_MS = 100
+
+/**
+ * A Retry-After cut short because the sidecar that heard it was killed (at one of `kills`,
+ * Date.now()) before it could write it home: the one gap the README names. A kill any later, or
+ * none, leaves the violation standing.
+ */
+function unheard(receiver: Receiver, v: Violation, kills: number[]): boolean {
+  const limited = receiver.requests.filter((r) => r.id === v.id && r.status === 429 && r.at < v.at).at(-1)
+  return limited !== undefined && kills.some((k) => k >= limited.at && k < limited.at + RETRY_AFTER_RECORDED_MS)
 }
 
 const FAULTS: ReceiverOptions = { failFirst: 0.2, rateLimit: 0.06, retryAfterSeconds: 1 }
@@ -140,11 +154,13 @@ test('kill -9 of the sidecar three times during that delivery: the same result, 
   await w.home.query(`update test_segment set actual_end = now() where substring(id, 2)::int % 10 = 0`)
   const run = () => sidecarProcess({ ...w.env, DATABASE_URL: w.home.url, SEGMENTER_POLL_INTERVAL_MS: '100' })
   const membersAccepted = () => applied(w.receiver).reduce((s, a) => s + a.members.length, 0)
+  const kills: number[] = []
   for (const threshold of [10_000, 40_000, 70_000]) {
     const child = run()
     const exited = new Promise((r) => child.once('exit', r))
     defer(async () => void child.kill('SIGKILL'))
     await until(`${threshold} members accepted`, async () => membersAccepted() >= threshold, 120_000)
+    kills.push(Date.now())
     child.kill('SIGKILL')
     await exited
   }
@@ -154,7 +170,7 @@ test('kill -9 of the sidecar three times during that delivery: the same result, 
   const ids = w.receiver.requests.filter((r) => r.status >= 200 && r.status < 300).map((r) => r.id)
   t.diagnostic(`${ids.length} requests accepted for ${new Set(ids).size} distinct webhook-ids`)
   assert.ok(membersAccepted() < 110_000 * 2, 'the kills did not start the delivery over')
-  assertExactlyOnce(w.receiver, 100_000, (g) => g % 10 === 0)
+  assertExactlyOnce(w.receiver, 100_000, (g) => g % 10 === 0, kills)
   child.kill('SIGTERM')
 })
 
