@@ -63,7 +63,7 @@ function applied(receiver: Receiver) {
 /**
  * Every member added exactly once and every removed one removed exactly once, over the distinct
  * webhook-ids accepted; each member's add accepted before its remove; every retry byte-identical
- * and no Retry-After cut short.
+ * and no Retry-After cut short (but one whose sidecar was killed right after the 429: `kills`, unheard).
  */
 function assertExactlyOnce(receiver: Receiver, members: number, removed: (g: number) => boolean, kills: number[] = []) {
   const adds = new Map<string, number>()
