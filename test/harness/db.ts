@@ -72,11 +72,11 @@ function admin(): pg.Pool {
 const SESSIONS_GONE_MS = 1000
 
 /**
- * Wait until no session but ours is connected to `database`, up to SESSIONS_GONE_MS. A session
- * still closing when a test ends (a stopped sidecar's pool finishing its end()) was terminated by
- * the forced drop, and a client of it without an error listener failed the test running next
- * ("terminating connection due to administrator command", once in a full run). Sessions still
- * there after the wait are named on stderr, then terminated as before.
+ * Wait until no session but ours is connected to `database`, up to SESSIONS_GONE_MS. Once in a
+ * full run, a session a test left behind was terminated by the forced drop, and a client of it
+ * without an error listener failed the test running next ("terminating connection due to
+ * administrator command"; whose client it was is not found). Sessions still there after the wait
+ * are named on stderr, to find that out, then terminated as before.
  */
 async function sessionsGone(database: string): Promise<void> {
   const end = Date.now() + SESSIONS_GONE_MS
