@@ -11,8 +11,8 @@ const runs = Number(process.argv[2] ?? process.env.CHAOS_RUNS ?? 3)
 
 // Each fault, and the tests that inject it (names as in the test files, matched as regexes).
 const FAULTS: Array<{ fault: string; test: RegExp }> = [
-  { fault: 'kill -9 mid-delivery (lanes 1)', test: /^kill -9 of the sidecar during a 100,000-member delivery.*lanes 1/ },
-  { fault: 'kill -9 mid-delivery (lanes 2)', test: /^kill -9 of the sidecar during a 100,000-member delivery.*lanes 2/ },
+  { fault: 'kill -9 mid-delivery (lanes 1)', test: /^kill -9 of the sidecar during a 200,000-member delivery.*lanes 1/ },
+  { fault: 'kill -9 mid-delivery (lanes 2)', test: /^kill -9 of the sidecar during a 200,000-member delivery.*lanes 2/ },
   { fault: 'zombie transaction (lanes 1)', test: /^a zombie transaction.*lanes 1/ },
   { fault: 'zombie transaction (lanes 2)', test: /^a zombie transaction.*lanes 2/ },
   { fault: 'lost lock, two sidecars (lanes 1, MariaDB)', test: /^two sidecars, the lock holder's home session terminated.*lanes 1, mysql/ },
