@@ -104,6 +104,13 @@ test('loops, {autocomma}, batch_in and the squirrelly helpers build JSON arrays'
   // An empty batch: [] rather than SQL's NULL.
   assert.deepEqual(JSON.parse(render(alt, 'altcraft', ctx({ batch: [] }))), { members: [], ids: [] })
   assert.deepEqual(JSON.parse(render(sq, 'squirrelly', ctx({ batch: [] }))), { members: [], ids: [] })
+  // A column named in another case (Postgres folds names) and one that is not text take the full
+  // path beside a plain text column's shortcut; all three give what JSON.parse reads back.
+  const mixed = [{ id: 'plain', email: 'a"b', score: 7 }]
+  assert.deepEqual(
+    JSON.parse(render('[{for $i, $m = $batch}[{$m.id}, {$m.EMAIL}, {$m.score}]{autocomma}{end}]', 'altcraft', ctx({ batch: mixed }))),
+    [['plain', 'a"b', 7]],
+  )
   // The documented layout: one member per line, no blank lines.
   assert.equal(render('[\n{for $i, $m = $batch}\n  {$m.id}{autocomma}\n{end}\n]', 'altcraft'), '[\n  "a",\n  "b"\n]')
 })

@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto'
 import type { Batch } from '../batch.js'
 import type { SubscriptionRow } from '../read.js'
 import { isFenced, isTransactional, isTransient, type Checkpoint, type OpenTransaction, type Sink } from '../sinks/index.js'
+import { utf8 } from '../utf8.js'
 import { recordBatches } from './record.js'
 import type { DeliveryContext, Round } from './round.js'
 
@@ -60,8 +61,9 @@ export async function recordSending(
       to.pos.toString(),
       to.ord,
       requestId(sub.sync_key, from, to),
-      // One statement (an HTTP request) is passed as it is: a join would copy it.
-      statements.length === 1 ? statements[0]! : statements.join(''),
+      // As the bytes the statements go as (a binary text parameter is its UTF-8; utf8.ts): the
+      // pipeline encoded each once already, so they are not encoded again for the record.
+      statements.length === 1 ? utf8(statements[0]!) : Buffer.concat(statements.map(utf8)),
       statements.map((st) => st.length),
       batches.map((b) => b.batch.segmentId),
       batches.map((b) => b.batch.event),

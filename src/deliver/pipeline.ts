@@ -5,6 +5,7 @@ import { holdsSubscription, isFenced, isLockConflict, isTransient, type OpenTran
 import { beginRecorded, journals, recordSending, sendsFrom } from './journal.js'
 import { queueLogRows, type Delivered } from './record.js'
 import { renderBatch, type Round } from './round.js'
+import { utf8 } from '../utf8.js'
 
 // Batches delivered in a run are recorded at home this many at a time (and when the run ends).
 const RECORD_EVERY = 20
@@ -78,6 +79,7 @@ export async function deliverRun(
   const done: Delivered[] = [] // committed, not yet recorded at home
   // Where the next group's send starts, for the journal (journal.ts) of a target without transactions.
   let sentThrough = journals(sub) ? await sendsFrom(sink, sub.sync_key) : null
+  const journaling = sentThrough !== null
   // The ask for more batches (extend), from when the last one is rendered until it answers.
   let extending: Promise<void> | null = null
   let extensible = extend !== undefined
@@ -107,7 +109,9 @@ export async function deliverRun(
     } catch {
       end = next // delivered alone, where a bad value is isolated
     }
-    const bytes = statement === null ? 0 : Buffer.byteLength(statement)
+    // Where the statement is recorded before it goes (journal.ts), its bytes are made now, once,
+    // for the record and the send as well as for the limits here.
+    const bytes = statement === null ? 0 : journaling ? utf8(statement).length : Buffer.byteLength(statement)
     if (bytes > sink.maxStatementBytes) end = next // split alone
     if (next >= end) return null
     next++
@@ -125,7 +129,6 @@ export async function deliverRun(
     }
     return group
   }
-  const journaling = sentThrough !== null
   /** The next group, taken from `ready`; on one lane its send is recorded now (journal.ts). */
   const formGroup = () => {
     const group = nextGroup()

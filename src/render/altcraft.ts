@@ -17,6 +17,7 @@ import { analyzeJson } from './json.js'
 import { analyze, endsWord, type Piece } from './lexer.js'
 import {
   fieldValue,
+  JSON_CARE,
   renderSlot,
   SqlFragment,
   templateError,
@@ -41,6 +42,8 @@ type Node =
       slot: number
       what: string
       value: (ctx: RenderContext, lead: Record<string, unknown> | undefined, index: number) => unknown
+      /** The member's column it reads ({$lead.field}), for the json render's fast path. */
+      field?: string
     }
   | { k: 'loop'; body: Node[] }
   | { k: 'comma' }
@@ -110,9 +113,9 @@ export function compileAltcraft(source: string, dialect: TemplateDialect): { fie
   const fail = (at: number, problem: string, fix: string): never => {
     throw templateError(source, at, problem, fix)
   }
-  const slot = (tok: Tok & { kind: 'tag' }, value: Extract<Node, { k: 'slot' }>['value'], what = tok.raw) => {
+  const slot = (tok: Tok & { kind: 'tag' }, value: Extract<Node, { k: 'slot' }>['value'], what = tok.raw, field?: string) => {
     pieces.push({ kind: 'slot', at: tok.at, name: tok.raw })
-    body.push({ k: 'slot', slot: slots++, what, value })
+    body.push({ k: 'slot', slot: slots++, what, value, field })
   }
 
   for (const tok of toks) {
@@ -174,7 +177,7 @@ export function compileAltcraft(source: string, dialect: TemplateDialect): { fie
           )
         const field = tag.field
         fields.add(field)
-        slot(tok, (_ctx, lead) => fieldValue(lead!, field), field)
+        slot(tok, (_ctx, lead) => fieldValue(lead!, field), field, field)
         break
       }
       case 'index':
@@ -271,7 +274,14 @@ function generateJson(root: Node[], texts: string[], contexts: SlotContext[]): (
         if (n.k === 'loop')
           return `{ const batch = ctx.batch; for (let i = 0; i < batch.length; i++) { const lead = batch[i], last = i === batch.length - 1; ${code(n.body, 'lead', 'i')} } }`
         slots.push(n)
-        return `out += slot(${slots.length - 1}, ctx, ${lead}, ${index});`
+        const k = slots.length - 1
+        // A member's text column that needs no escape goes in as it is, between quotes: what
+        // fieldValue and jsonString would make of it, without their calls (they took half the
+        // render of an id-only body). A string read off a member is its own column's: no string
+        // is inherited from Object.prototype. Anything else takes the full path.
+        if (n.field !== undefined && contexts[n.slot]!.kind === 'json')
+          return `{ const v = ${lead}[${JSON.stringify(n.field)}]; out += typeof v === 'string' && !care.test(v) ? '"' + v + '"' : slot(${k}, ctx, ${lead}, ${index}); }`
+        return `out += slot(${k}, ctx, ${lead}, ${index});`
       })
       .join('\n')
   const body = code(root, 'undefined', '0')
@@ -279,5 +289,8 @@ function generateJson(root: Node[], texts: string[], contexts: SlotContext[]): (
     const n = slots[k]!
     return renderSlot(n.value(ctx, lead, index), contexts[n.slot]!, 'json', n.what)
   }
-  return new Function('slot', `return function render(ctx) { let out = ''; const last = true; ${body} return out }`)(slot)
+  return new Function('slot', 'care', `return function render(ctx) { let out = ''; const last = true; ${body} return out }`)(
+    slot,
+    JSON_CARE,
+  )
 }

@@ -253,7 +253,7 @@ export function renderSlot(value: unknown, ctx: SlotContext, dialect: TemplateDi
 
 // Besides what RFC 8259 requires (", \ and controls), <, >, & and the JavaScript line
 // separators are escaped, so a body embedded in HTML or a script stays inert (`</script>`).
-const JSON_CARE = /["\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]/
+export const JSON_CARE = /["\\\x00-\x1f<>&\u2028\u2029\ud800-\udfff]/
 const JSON_EXTRA = /[<>&\u2028\u2029]/g
 
 export function jsonString(s: string): string {

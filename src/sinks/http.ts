@@ -21,6 +21,7 @@ import type pg from 'pg'
 import { SegmenterError } from '../errors.js'
 import { httpConsumerOptions, maskSecret, parseRequest, requestUrl, WebhookSigner, type HttpConsumerOptions } from '../http-request.js'
 import type { Dialect } from '../render/index.js'
+import { utf8 } from '../utf8.js'
 import type { Checkpoint, HoldsSubscription, OpenTransaction, Sink, TargetCheckpoint } from './sink.js'
 
 // The response body kept in an error (and so in a dead letter): enough to say why.
@@ -195,8 +196,10 @@ export async function openHttpSink(url: string, dialect: Dialect, home: string, 
     const { id, rendered } = splitRecorded(statement)
     const { method, path, body } = parseRequest(rendered, options.method)
     const target = requestUrl(url, path)
-    // Encoded once for the signature, the length and the socket, and for every attempt.
-    const payload = method === 'GET' || body === '' ? undefined : Buffer.from(body)
+    // The body is the statement's end: its bytes are the end of the statement's, encoded once
+    // (utf8.ts) for the journal, the signature, the length, the socket and every attempt.
+    const head = statement.length - body.length
+    const payload = method === 'GET' || body === '' ? undefined : utf8(statement).subarray(Buffer.byteLength(statement.slice(0, head)))
     for (let n = 1; ; n++) {
       try {
         const status = await attempt(id, method, target, payload)
