@@ -229,6 +229,27 @@ test('templates/http: the defaults compile for json and render the documented bo
   assert.equal(compileTemplate(read('add.json'), 'altcraft', 'json').render(c).trimEnd().split('\n').length, 4)
 })
 
+test('a loop body renders byte for byte what its values make, whichever way each value goes', () => {
+  // Plain text columns take the shortcut, the rest the full path; each member's text is spelled
+  // out here from jsonValue, for every batch size and every mix of the two.
+  const src = '[{for $i, $m = $batch}\n  {"i": {$i}, "id": {$m.id}, "n": {$m.n}, "name": {$m.name}}{autocomma}{end}\n]'
+  const values = ['plain', 'x'.repeat(40), ...HOSTILE]
+  const template = compileTemplate(src, 'altcraft', 'json')
+  for (let size = 0; size <= 5; size++)
+    for (let shift = 0; shift < values.length; shift++) {
+      const batch = Array.from({ length: size }, (_, i) => ({
+        id: values[(shift + i) % values.length]!,
+        n: i % 2 ? i : null,
+        name: values[(shift + 3 * i + 1) % values.length]!,
+      }))
+      const want =
+        '[' +
+        batch.map((m, i) => `\n  {"i": ${i}, "id": ${jsonValue(m.id)}, "n": ${jsonValue(m.n)}, "name": ${jsonValue(m.name)}}`).join(',') +
+        '\n]'
+      assert.equal(template.render(ctx({ batch })), want, `size ${size}, shift ${shift}`)
+    }
+})
+
 test('WebhookSigner signs as the standardwebhooks package does, and the package verifies it', () => {
   for (const secret of ['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'whsec_' + Buffer.from('k'.repeat(64)).toString('base64')]) {
     const ours = new WebhookSigner(secret)
