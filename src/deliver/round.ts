@@ -87,5 +87,6 @@ export function renderBatch({ ctx, sink, sub, segments, members }: Round, batch:
     version: batchVersion(batch),
     batch: rows,
   })
+  batch.rendered?.()
   return sink.identifiesRequests ? withRequestId(sub.sync_key, batch, rendered) : rendered
 }
