@@ -2,10 +2,10 @@
 // lanes or grouped into few target transactions, committed strictly in order.
 import { MEMBER_EVENTS, type Batch } from '../batch.js'
 import { holdsSubscription, isFenced, isLockConflict, isTransient, type OpenTransaction } from '../sinks/index.js'
+import { utf8 } from '../utf8.js'
 import { beginRecorded, journals, recordSending, sendsFrom } from './journal.js'
 import { queueLogRows, type Delivered } from './record.js'
 import { renderBatch, type Round } from './round.js'
-import { utf8 } from '../utf8.js'
 
 // Batches delivered in a run are recorded at home this many at a time (and when the run ends).
 const RECORD_EVERY = 20

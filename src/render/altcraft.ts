@@ -309,7 +309,10 @@ function generateJson(root: Node[], texts: string[], contexts: SlotContext[]): (
     }
     const values: string[] = [] // the shortcut's values and flags, first: reads without effects
     const lines: string[] = []
-    const flag = (k: number) => (k >= 0 && k < parts.length && fastField(parts[k] as Node) ? `f${k}` : null)
+    const flag = (k: number) => {
+      const part = parts[k]
+      return part && !('text' in part) && fastField(part) ? `f${k}` : null
+    }
     for (let k = 0; k < parts.length; k++) {
       const part = parts[k]!
       if ('text' in part) {
