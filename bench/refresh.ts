@@ -61,8 +61,14 @@ await q('analyze bench_src')
 // transition tables still has Postgres fill them (a 2M-row UPDATE wrote 198 MB of temporary files
 // with the trigger disabled, 194 MB with it enabled, none without it), which would leave that part
 // of capture's cost in the baseline. Each timed run starts without them; capture's get them back.
-const CAPTURE_TRIGGERS = ['insert', 'update', 'delete', 'truncate'].map((e) => `_100_segmenter_capture_${e}`)
-const dropCapture = () => q(CAPTURE_TRIGGERS.map((t) => `drop trigger if exists ${t} on bench_seg;`).join('\n'))
+// The triggers are found by their functions (segmenter's), so their names live only in db/.
+async function dropCapture(): Promise<void> {
+  const { rows } = await q(
+    `select t.tgname from pg_trigger t join pg_proc p on p.oid = t.tgfoid
+     where t.tgrelid = 'bench_seg'::regclass and not t.tgisinternal and p.pronamespace = 'segmenter'::regnamespace`,
+  )
+  for (const { tgname } of rows) await q(`drop trigger ${JSON.stringify(tgname)} on bench_seg`)
+}
 const registerCapture = () => q(`select segmenter._register_table('bench_seg'::regclass)`)
 
 async function reset(): Promise<void> {
