@@ -51,6 +51,8 @@ export interface ReceivedRequest {
   body: string
   /** Arrival, Date.now(). */
   at: number
+  /** When the connection it came on was accepted, Date.now(): which client process sent it. */
+  connectedAt: number
   /** 1 for the first request with this id. */
   attempt: number
   /** The answer decided (written at once, or after the stall). */
@@ -121,6 +123,7 @@ export async function startReceiver(initial: ReceiverOptions = {}): Promise<Rece
   const notBefore = new Map<string, number>() // id → when Retry-After allows it back
   const accepted = new Map<string, AcceptedWebhook>()
   const sockets = new Set<Socket>()
+  const connectedAt = new WeakMap<Socket, number>()
   const stalled = new Set<ServerResponse>()
 
   const server = createServer((req, res) => {
@@ -142,6 +145,7 @@ export async function startReceiver(initial: ReceiverOptions = {}): Promise<Rece
         headers: h,
         body,
         at,
+        connectedAt: connectedAt.get(req.socket) ?? at,
         attempt,
         status: 0,
         answered: false,
@@ -223,6 +227,7 @@ export async function startReceiver(initial: ReceiverOptions = {}): Promise<Rece
   })
   server.on('connection', (s: Socket) => {
     sockets.add(s)
+    connectedAt.set(s, Date.now())
     s.on('close', () => sockets.delete(s))
   })
   server.keepAliveTimeout = 30_000
