@@ -4,11 +4,16 @@
 // Besides wall time, each timed statement's CPU of the bench's own Postgres server (its backends
 // and background processes, /proc) and the machine's steal are recorded: on a shared machine the
 // CPU ratios are the steadier reading (other processes' load lengthens wall time, not this CPU).
-// Usage: node --import tsx bench/capture.ts [members=1000000] [rounds=3]
+// With floor=1, two more tables measure what any statement-trigger capture costs at least (issue 15
+// item 5): `transition` has triggers that name the same transition tables and do nothing (what
+// Postgres charges for filling them), `minimal` triggers that only write each statement's ids as
+// one array per segment (no chunks, no check, no attribute comparison).
+// Usage: node --import tsx bench/capture.ts [members=1000000] [rounds=3] [floor=0]
 import { benchDatabase, cpuByKind, median, postmasterPid, round, serverCpuMs, timed } from './common.js'
 
 const members = Number(process.argv[2] ?? 1_000_000)
 const rounds = Number(process.argv[3] ?? 3)
+const floor = (process.argv[4] ?? 'floor=0') === 'floor=1'
 const db = await benchDatabase()
 const q = (sql: string) => db.pool.query(sql)
 
@@ -31,29 +36,52 @@ const segmentId: string = rows[0].id
 await q(`select segmenter.create_consumer('bench', 'mysql', 'mysql', 'BENCH_URL')`)
 await q(`select segmenter.create_subscription('bench', 'bench', array['bench'], 'select 1', 'select 1')`)
 
+// The floor's triggers: the same REFERENCING clauses as segmenter._register_table's.
+const floorScratch = 'bench_floor_ids'
+if (floor) await q(`drop table if exists ${floorScratch}; create table ${floorScratch} (segment_id uuid, ids text[]);
+  alter table ${floorScratch} alter column ids set storage external;
+  create or replace function public.bench_noop() returns trigger language plpgsql as $$ begin return null; end $$;
+  create or replace function public.bench_minimal_insert() returns trigger language plpgsql as $$ begin
+    insert into ${floorScratch} select segment_id, array_agg(id) from new_rows where actual_end = 'infinity' group by segment_id;
+    return null; end $$;
+  create or replace function public.bench_minimal_update() returns trigger language plpgsql as $$ begin
+    insert into ${floorScratch} select segment_id, array_agg(id) from old_rows where actual_end = 'infinity' group by segment_id;
+    return null; end $$;`)
+const floorTriggers = (table: string, insertFn: string, updateFn: string) => `
+  create trigger capture_insert after insert on ${table} referencing new table as new_rows
+    for each statement execute function ${insertFn}();
+  create trigger capture_update after update on ${table} referencing old table as old_rows new table as new_rows
+    for each statement execute function ${updateFn}();`
+type Kind = 'plain' | 'registered' | 'transition' | 'minimal'
+const kinds: Kind[] = ['plain', 'registered', ...(floor ? (['transition', 'minimal'] as const) : [])]
+const freshTable = async (kind: Kind) => {
+  const table = `bench_${kind}`
+  if (kind === 'registered') {
+    await q(`truncate ${table}; delete from segmenter.changes where subscription_id is null`)
+    await q('vacuum segmenter.changes')
+    return
+  }
+  await q(ddl(table))
+  if (kind === 'transition') await q(floorTriggers(table, 'public.bench_noop', 'public.bench_noop'))
+  if (kind === 'minimal') {
+    await q(`truncate ${floorScratch}`)
+    await q(floorTriggers(table, 'public.bench_minimal_insert', 'public.bench_minimal_update'))
+  }
+}
+
 const insert = (table: string) =>
   q(`insert into ${table} (segment_id, id, hash_email, hash_phone)
   select '${segmentId}', 'member-' || g, md5(g::text), md5((g * 7)::text) from generate_series(1, ${members}) g`)
 const update = (table: string) => q(`update ${table} set actual_end = now()`)
 
-const times = {
-  insert: { plain: [] as number[], registered: [] as number[] },
-  update: { plain: [] as number[], registered: [] as number[] },
-}
-const cpu = {
-  insert: { plain: [] as number[], registered: [] as number[] },
-  update: { plain: [] as number[], registered: [] as number[] },
-}
-const steal = {
-  insert: { plain: [] as number[], registered: [] as number[] },
-  update: { plain: [] as number[], registered: [] as number[] },
-}
+const perKind = () => Object.fromEntries(kinds.map((k) => [k, [] as number[]])) as Record<Kind, number[]>
+const perOp = () => ({ insert: perKind(), update: perKind() })
+const times = perOp()
+const cpu = perOp()
+const steal = perOp()
 // CPU of every other process on the machine meanwhile (all processes minus this server): the load
 // the timed statement shared the two cores with.
-const others = {
-  insert: { plain: [] as number[], registered: [] as number[] },
-  update: { plain: [] as number[], registered: [] as number[] },
-}
+const others = perOp()
 const machineCpu = () => {
   const k = cpuByKind()
   return k.postgres + k.mariadb + k.node + k.other
@@ -71,7 +99,7 @@ async function quiesce(): Promise<void> {
     await new Promise((r) => setTimeout(r, 200))
   }
 }
-async function measure(op: 'insert' | 'update', kind: 'plain' | 'registered', fn: () => Promise<unknown>): Promise<void> {
+async function measure(op: 'insert' | 'update', kind: Kind, fn: () => Promise<unknown>): Promise<void> {
   await quiesce()
   const cpu0 = serverCpu()
   const steal0 = cpuByKind().steal
@@ -86,14 +114,11 @@ async function measure(op: 'insert' | 'update', kind: 'plain' | 'registered', fn
   )
 }
 for (let r = 0; r < rounds; r++) {
-  const order = r % 2 === 0 ? (['plain', 'registered'] as const) : (['registered', 'plain'] as const)
+  // Each round starts one table later than the one before (plain/registered alternate as before).
+  const order = kinds.map((_, i) => kinds[(i + r) % kinds.length]!)
   for (const kind of order) {
     const table = `bench_${kind}`
-    if (kind === 'plain') await q(ddl(table))
-    else {
-      await q(`truncate ${table}; delete from segmenter.changes where subscription_id is null`)
-      await q('vacuum segmenter.changes')
-    }
+    await freshTable(kind)
     await q('checkpoint')
     await measure('insert', kind, () => insert(table))
     await q(`vacuum analyze ${table}`)
@@ -103,7 +128,7 @@ for (let r = 0; r < rounds; r++) {
 }
 const rounded = (x: typeof times) =>
   Object.fromEntries(
-    Object.entries(x).map(([op, v]) => [op, { plain: v.plain.map((t) => round(t, 0)), registered: v.registered.map((t) => round(t, 0)) }]),
+    Object.entries(x).map(([op, v]) => [op, Object.fromEntries(Object.entries(v).map(([k, ts]) => [k, ts.map((t) => round(t, 0))]))]),
   )
 const captured = await q(
   `select event, sum(cardinality(ids))::bigint as n from segmenter.changes where subscription_id is null and ids is not null group by event order by event`,
@@ -134,6 +159,20 @@ const report = {
   all_steal_ms: rounded(steal),
   all_other_processes_cpu_ms: rounded(others),
   last_round_events: Object.fromEntries(captured.rows.map((r) => [r.event, Number(r.n)])),
+  // floor=1: the two floor tables against plain, as the ratios above (medians; CPU and wall).
+  ...(floor && {
+    floor: Object.fromEntries(
+      (['transition', 'minimal'] as const).map((k) => [
+        k,
+        {
+          insert_cpu_ratio: round(median(cpu.insert[k]) / median(cpu.insert.plain), 2),
+          update_cpu_ratio: round(median(cpu.update[k]) / median(cpu.update.plain), 2),
+          insert_ratio: round(median(times.insert[k]) / median(times.insert.plain), 2),
+          update_ratio: round(median(times.update[k]) / median(times.update.plain), 2),
+        },
+      ]),
+    ),
+  }),
 }
 console.log(JSON.stringify(report, null, 2))
 await db.stop()
