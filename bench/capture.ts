@@ -38,7 +38,8 @@ await q(`select segmenter.create_subscription('bench', 'bench', array['bench'], 
 
 // The floor's triggers: the same REFERENCING clauses as segmenter._register_table's.
 const floorScratch = 'bench_floor_ids'
-if (floor) await q(`drop table if exists ${floorScratch}; create table ${floorScratch} (segment_id uuid, ids text[]);
+if (floor)
+  await q(`drop table if exists ${floorScratch}; create table ${floorScratch} (segment_id uuid, ids text[]);
   alter table ${floorScratch} alter column ids set storage external;
   create or replace function public.bench_noop() returns trigger language plpgsql as $$ begin return null; end $$;
   create or replace function public.bench_minimal_insert() returns trigger language plpgsql as $$ begin
