@@ -115,11 +115,11 @@ function lastLimited(receiver: Receiver, v: Violation) {
  * have died before it wrote the wait home (a few ms after the answer, more on a loaded machine),
  * or before the answer even reached it (a request already on the wire is answered after the kill:
  * what two of eight full chaos runs met, a retry 373 and 398 ms after its 429 with no kill between
- * them, about the time the next sidecar takes to start), the one gap the README names. That a wait written home
- * outlives the sidecar is the next test's, where the kill comes surely after the write. A request
- * was sent by the last sidecar spawned before its connection was accepted (the next one is
- * spawned only after the killed one has exited); a retry cut short by the sidecar that was
- * answered 429 stands.
+ * them, about the time the next sidecar takes to start), the one gap the README names. That a
+ * wait written home outlives the sidecar is the next test's, where the kill comes surely after the
+ * write. A request was sent by the last sidecar spawned before its connection was accepted (the
+ * next one is spawned only after the killed one has exited); a retry cut short by the sidecar that
+ * was answered 429 stands.
  */
 function unheard(receiver: Receiver, v: Violation, lives: SidecarLife[]): boolean {
   const limited = lastLimited(receiver, v)
