@@ -139,8 +139,10 @@ const triggerSettings = await q(
   `select p.proname, p.proconfig from pg_proc p where p.pronamespace = 'segmenter'::regnamespace
    and p.proname in ('tg_segment_table__capture_insert', 'tg_segment_table__capture_update') order by p.proname`,
 )
+const serverVersion = (await q(`select current_setting('server_version') as v`)).rows[0].v
 const report = {
   benchmark: 'capture',
+  server_version: serverVersion,
   members,
   rounds,
   trigger_settings: Object.fromEntries(triggerSettings.rows.map((r) => [r.proname, r.proconfig])),
