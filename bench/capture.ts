@@ -139,6 +139,8 @@ const triggerSettings = await q(
   `select p.proname, p.proconfig from pg_proc p where p.pronamespace = 'segmenter'::regnamespace
    and p.proname in ('tg_segment_table__capture_insert', 'tg_segment_table__capture_update') order by p.proname`,
 )
+// A kind's median against plain's, for one op's figures (wall or CPU).
+const toPlain = (byKind: Record<Kind, number[]>, kind: Kind) => round(median(byKind[kind]) / median(byKind.plain), 2)
 const serverVersion = (await q(`select current_setting('server_version') as v`)).rows[0].v
 const report = {
   benchmark: 'capture',
@@ -148,14 +150,14 @@ const report = {
   trigger_settings: Object.fromEntries(triggerSettings.rows.map((r) => [r.proname, r.proconfig])),
   insert_ms: { plain: round(median(times.insert.plain), 0), registered: round(median(times.insert.registered), 0) },
   update_ms: { plain: round(median(times.update.plain), 0), registered: round(median(times.update.registered), 0) },
-  insert_ratio: round(median(times.insert.registered) / median(times.insert.plain), 2),
-  update_ratio: round(median(times.update.registered) / median(times.update.plain), 2),
+  insert_ratio: toPlain(times.insert, 'registered'),
+  update_ratio: toPlain(times.update, 'registered'),
   target_ratio: 1.5,
   // The bench server's CPU (ms, median) and the ratios of those medians.
   insert_cpu_ms: { plain: round(median(cpu.insert.plain), 0), registered: round(median(cpu.insert.registered), 0) },
   update_cpu_ms: { plain: round(median(cpu.update.plain), 0), registered: round(median(cpu.update.registered), 0) },
-  insert_cpu_ratio: round(median(cpu.insert.registered) / median(cpu.insert.plain), 2),
-  update_cpu_ratio: round(median(cpu.update.registered) / median(cpu.update.plain), 2),
+  insert_cpu_ratio: toPlain(cpu.insert, 'registered'),
+  update_cpu_ratio: toPlain(cpu.update, 'registered'),
   // Every round's figures, in round order (wall ms, server CPU ms, machine steal ms).
   all_ms: rounded(times),
   all_cpu_ms: rounded(cpu),
@@ -168,10 +170,10 @@ const report = {
       (['transition', 'minimal'] as const).map((k) => [
         k,
         {
-          insert_cpu_ratio: round(median(cpu.insert[k]) / median(cpu.insert.plain), 2),
-          update_cpu_ratio: round(median(cpu.update[k]) / median(cpu.update.plain), 2),
-          insert_ratio: round(median(times.insert[k]) / median(times.insert.plain), 2),
-          update_ratio: round(median(times.update[k]) / median(times.update.plain), 2),
+          insert_cpu_ratio: toPlain(cpu.insert, k),
+          update_cpu_ratio: toPlain(cpu.update, k),
+          insert_ratio: toPlain(times.insert, k),
+          update_ratio: toPlain(times.update, k),
         },
       ]),
     ),
